@@ -1,0 +1,1 @@
+"""HTTP routes, one module per area; `routes()` lists them all for the app."""

@@ -1,0 +1,186 @@
+"""Settings from the environment, every variable prefixed `JOBMON_`.
+
+A wrong value stops start-up with a `ConfigError` naming the variable, the value and what was
+expected. Everything is optional: the defaults give the embedded set-up (SQLite file under
+`./data`, in-process Socket.IO manager, the simulated cluster mounted at `/sim`).
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping
+
+PREFIX = "JOBMON_"
+PLACEHOLDER_SECRETS = {"changeme", "change-me", "secret", "password", "xxx", "todo"}
+
+
+class ConfigError(Exception):
+    """A setting is missing or malformed; the message names the variable."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the server reads from its environment, validated."""
+
+    data_dir: Path = Path("data")
+    database_url: str = ""
+    redis_url: str = ""
+    secret_key: str = ""
+    clusters_file: str = ""
+    allowed_origins: tuple[str, ...] = ()
+    upstream_timeout: float = 30.0
+    batch_size: int = 100
+    batch_concurrency: int = 4
+    job_concurrency: int = 8
+    max_cids: int = 100_000
+    max_upload_bytes: int = 5 * 1024 * 1024
+    appstatus_ttl: int = 1800
+    stats_interval: float = 10.0
+    stuck_after: float = 900.0
+    lease_seconds: float = 15.0
+    event_retention_days: int = 30
+    session_days: int = 7
+    demo: bool = False
+    secure_cookies: bool = False
+    login_attempts: int = 5
+    login_window: float = 300.0
+    log_level: str = "INFO"
+    sim_env: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def embedded_simulator(self) -> bool:
+        """The simulated cluster is mounted in-process unless a clusters file replaces it."""
+        return not self.clusters_file
+
+    def __repr__(self) -> str:
+        return f"Settings(database_url={self.database_url!r}, redis_url={self.redis_url!r}, ...)"
+
+
+def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0, maximum: int | None = None) -> int:
+    raw = env.get(PREFIX + name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{PREFIX}{name}={raw!r}: expected an integer") from None
+    if value < minimum or (maximum is not None and value > maximum):
+        bound = f"between {minimum} and {maximum}" if maximum is not None else f">= {minimum}"
+        raise ConfigError(f"{PREFIX}{name}={raw!r}: expected an integer {bound}")
+    return value
+
+
+def _float(env: Mapping[str, str], name: str, default: float, minimum: float = 0.0) -> float:
+    raw = env.get(PREFIX + name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{PREFIX}{name}={raw!r}: expected a number of seconds") from None
+    if value < minimum or value != value:
+        raise ConfigError(f"{PREFIX}{name}={raw!r}: expected a number >= {minimum}")
+    return value
+
+
+def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = env.get(PREFIX + name)
+    if raw is None or raw == "":
+        return default
+    lowered = raw.strip().lower()
+    if lowered in {"1", "true", "yes", "on"}:
+        return True
+    if lowered in {"0", "false", "no", "off"}:
+        return False
+    raise ConfigError(f"{PREFIX}{name}={raw!r}: expected true or false")
+
+
+def _database_url(env: Mapping[str, str], data_dir: Path) -> str:
+    raw = env.get(PREFIX + "DATABASE_URL", "").strip()
+    if not raw:
+        return f"sqlite:///{data_dir / 'jobmon.db'}"
+    if raw.startswith("postgres://"):
+        raw = "postgresql://" + raw[len("postgres://"):]
+    if not raw.startswith(("sqlite:///", "postgresql://", "postgresql+asyncpg://")):
+        raise ConfigError(
+            f"{PREFIX}DATABASE_URL={raw!r}: expected sqlite:///path or postgresql://user@host/db"
+        )
+    return raw
+
+
+def _origins(env: Mapping[str, str]) -> tuple[str, ...]:
+    raw = env.get(PREFIX + "ALLOWED_ORIGINS", "").strip()
+    if not raw:
+        return ()
+    origins = tuple(o.strip().rstrip("/") for o in raw.split(",") if o.strip())
+    for origin in origins:
+        if not origin.startswith(("http://", "https://")):
+            raise ConfigError(
+                f"{PREFIX}ALLOWED_ORIGINS contains {origin!r}: expected comma-separated "
+                "origins like https://jobs.example.com"
+            )
+    return origins
+
+
+def _secret_key(env: Mapping[str, str], data_dir: Path) -> str:
+    """The configured key, or one generated on first start and kept in the data directory."""
+    raw = env.get(PREFIX + "SECRET_KEY", "")
+    if raw:
+        if raw.lower() in PLACEHOLDER_SECRETS or len(raw) < 16:
+            raise ConfigError(
+                f"{PREFIX}SECRET_KEY is a placeholder or shorter than 16 characters: "
+                "expected a long random string (python -c 'import secrets; print(secrets.token_urlsafe(32))')"
+            )
+        return raw
+    key_file = data_dir / "secret_key"
+    if key_file.exists():
+        return key_file.read_text().strip()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    key = secrets.token_urlsafe(32)
+    key_file.write_text(key)
+    key_file.chmod(0o600)
+    return key
+
+
+def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
+    """Read and validate the settings; raise ConfigError naming the first wrong variable."""
+    env = os.environ if environ is None else environ
+    data_dir = Path(env.get(PREFIX + "DATA_DIR", "data"))
+    redis_url = env.get(PREFIX + "REDIS_URL", "").strip()
+    if redis_url and not redis_url.startswith(("redis://", "rediss://")):
+        raise ConfigError(f"{PREFIX}REDIS_URL={redis_url!r}: expected redis://host:port/db")
+    clusters_file = env.get(PREFIX + "CLUSTERS_FILE", "").strip()
+    if clusters_file and not Path(clusters_file).is_file():
+        raise ConfigError(f"{PREFIX}CLUSTERS_FILE={clusters_file!r}: no such file")
+    log_level = env.get(PREFIX + "LOG_LEVEL", "INFO").upper()
+    if log_level not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
+        raise ConfigError(f"{PREFIX}LOG_LEVEL={log_level!r}: expected DEBUG, INFO, WARNING or ERROR")
+    return Settings(
+        data_dir=data_dir,
+        database_url=_database_url(env, data_dir),
+        redis_url=redis_url,
+        secret_key=_secret_key(env, data_dir),
+        clusters_file=clusters_file,
+        allowed_origins=_origins(env),
+        upstream_timeout=_float(env, "UPSTREAM_TIMEOUT", 30.0, minimum=0.05),
+        batch_size=_int(env, "BATCH_SIZE", 100, minimum=1, maximum=1000),
+        batch_concurrency=_int(env, "BATCH_CONCURRENCY", 4, minimum=1, maximum=64),
+        job_concurrency=_int(env, "JOB_CONCURRENCY", 8, minimum=1, maximum=256),
+        max_cids=_int(env, "MAX_CIDS", 100_000, minimum=1),
+        max_upload_bytes=_int(env, "MAX_UPLOAD_BYTES", 5 * 1024 * 1024, minimum=1024),
+        appstatus_ttl=_int(env, "APPSTATUS_TTL", 1800, minimum=1),
+        stats_interval=_float(env, "STATS_INTERVAL", 10.0, minimum=0.1),
+        stuck_after=_float(env, "STUCK_AFTER", 900.0, minimum=1.0),
+        lease_seconds=_float(env, "LEASE_SECONDS", 15.0, minimum=0.5),
+        event_retention_days=_int(env, "EVENT_RETENTION_DAYS", 30, minimum=1),
+        session_days=_int(env, "SESSION_DAYS", 7, minimum=1),
+        demo=_bool(env, "DEMO", False),
+        secure_cookies=_bool(env, "SECURE_COOKIES", False),
+        login_attempts=_int(env, "LOGIN_ATTEMPTS", 5, minimum=1),
+        login_window=_float(env, "LOGIN_WINDOW", 300.0, minimum=1.0),
+        log_level=log_level,
+        sim_env={k: v for k, v in env.items() if k.startswith(PREFIX + "SIM_")},
+    )

@@ -1,0 +1,362 @@
+"""Tables, the database connection and schema migrations.
+
+Every timestamp column holds milliseconds since the Unix epoch (UTC) as an integer: it sorts,
+indexes and compares the same way on SQLite and PostgreSQL; `timeutil.iso` formats it at the
+edge. The schema is versioned in `schema_version`; `migrate` brings any older database up to
+`SCHEMA_VERSION` on start.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+from pathlib import Path
+
+import aiosqlite
+import sqlalchemy as sa
+from databases import Database
+from databases.core import DatabaseURL
+from sqlalchemy.schema import CreateIndex, CreateTable
+
+logger = logging.getLogger(__name__)
+
+metadata = sa.MetaData()
+
+schema_version = sa.Table(
+    "schema_version",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("version", sa.Integer, nullable=False),
+)
+
+users = sa.Table(
+    "users",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("username", sa.String(64), nullable=False, unique=True),
+    sa.Column("password_hash", sa.String(255), nullable=False),
+    sa.Column("role", sa.String(16), nullable=False),
+    sa.Column("created_at", sa.BigInteger, nullable=False),
+    sa.Column("disabled", sa.Boolean, nullable=False, default=False),
+)
+
+sessions = sa.Table(
+    "sessions",
+    metadata,
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("user_id", sa.Integer, sa.ForeignKey("users.id"), nullable=False),
+    sa.Column("csrf_token", sa.String(64), nullable=False),
+    sa.Column("created_at", sa.BigInteger, nullable=False),
+    sa.Column("expires_at", sa.BigInteger, nullable=False),
+    sa.Column("revoked_at", sa.BigInteger, nullable=True),
+    sa.Index("ix_sessions_user", "user_id"),
+)
+
+api_tokens = sa.Table(
+    "api_tokens",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("user_id", sa.Integer, sa.ForeignKey("users.id"), nullable=False),
+    sa.Column("name", sa.String(100), nullable=False),
+    sa.Column("scope", sa.String(16), nullable=False),
+    sa.Column("token_hash", sa.String(64), nullable=False, unique=True),
+    sa.Column("prefix", sa.String(16), nullable=False),
+    sa.Column("created_at", sa.BigInteger, nullable=False),
+    sa.Column("last_used_at", sa.BigInteger, nullable=True),
+    sa.Column("revoked_at", sa.BigInteger, nullable=True),
+    sa.Index("ix_api_tokens_user", "user_id"),
+)
+
+jobs = sa.Table(
+    "jobs",
+    metadata,
+    sa.Column("job_id", sa.String(36), primary_key=True),
+    sa.Column("user_id", sa.Integer, sa.ForeignKey("users.id"), nullable=False),
+    sa.Column("action_name", sa.String(32), nullable=False),
+    sa.Column("action_code", sa.Integer, nullable=False),
+    sa.Column("cluster", sa.String(64), nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("customer_count", sa.Integer, nullable=False),
+    sa.Column("done", sa.Integer, nullable=False, default=0),
+    sa.Column("failed", sa.Integer, nullable=False, default=0),
+    sa.Column("http_status", sa.Integer, nullable=True),
+    sa.Column("error_message", sa.Text, nullable=True),
+    sa.Column("created_at", sa.BigInteger, nullable=False),
+    sa.Column("started_at", sa.BigInteger, nullable=True),
+    sa.Column("updated_at", sa.BigInteger, nullable=False),
+    sa.Column("finished_at", sa.BigInteger, nullable=True),
+    sa.Column("duration_ms", sa.BigInteger, nullable=True),
+    sa.Column("batch_id", sa.String(64), nullable=True),
+    sa.Column("parent_job_id", sa.String(36), nullable=True),
+    sa.Column("idempotency_key", sa.String(200), nullable=True),
+    # fixed at creation so a batch's request_id stays the same across restarts
+    sa.Column("batch_size", sa.Integer, nullable=False),
+    sa.Column("attempts", sa.Integer, nullable=False, default=0),
+    sa.Column("lease_owner", sa.String(64), nullable=True),
+    sa.Column("lease_expires_at", sa.BigInteger, nullable=True),
+    sa.Column("cancel_requested", sa.Boolean, nullable=False, default=False),
+    sa.Column("stuck_alerted", sa.Boolean, nullable=False, default=False),
+    sa.Index("ix_jobs_user_created", "user_id", "created_at", "job_id"),
+    sa.Index("ix_jobs_user_status_created", "user_id", "status", "created_at", "job_id"),
+    sa.Index("ix_jobs_user_idempotency", "user_id", "idempotency_key", unique=True),
+    sa.Index("ix_jobs_status_lease", "status", "lease_expires_at"),
+    sa.Index("ix_jobs_created", "created_at", "job_id"),
+    sa.Index("ix_jobs_parent", "parent_job_id"),
+)
+
+job_customers = sa.Table(
+    "job_customers",
+    metadata,
+    sa.Column("job_id", sa.String(36), sa.ForeignKey("jobs.job_id"), primary_key=True),
+    # position in the job: batch number is seq // jobs.batch_size
+    sa.Column("seq", sa.Integer, primary_key=True),
+    sa.Column("cid", sa.String(64), nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("http_status", sa.Integer, nullable=True),
+    sa.Column("error_message", sa.Text, nullable=True),
+    sa.Column("updated_at", sa.BigInteger, nullable=True),
+    sa.Index("ix_job_customers_cid", "cid", "job_id"),
+)
+
+job_events = sa.Table(
+    "job_events",
+    metadata,
+    sa.Column("id", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True, autoincrement=True),
+    sa.Column("user_id", sa.Integer, nullable=False),
+    # increases per user in commit order: see jobs.JobStore._next_event_ids
+    sa.Column("event_id", sa.BigInteger, nullable=False),
+    sa.Column("job_id", sa.String(36), nullable=False),
+    sa.Column("kind", sa.String(16), nullable=False),
+    sa.Column("payload", sa.Text, nullable=False),
+    sa.Column("created_at", sa.BigInteger, nullable=False),
+    sa.Index("ix_job_events_user_event", "user_id", "event_id", unique=True),
+    sa.Index("ix_job_events_job", "job_id", "id"),
+    sa.Index("ix_job_events_created", "created_at"),
+)
+
+event_counters = sa.Table(
+    "event_counters",
+    metadata,
+    sa.Column("user_id", sa.Integer, primary_key=True),
+    sa.Column("last_event_id", sa.BigInteger, nullable=False),
+)
+
+# Aggregates kept in the same transaction as every job change, so stats never scan `jobs`.
+job_counts = sa.Table(
+    "job_counts",
+    metadata,
+    sa.Column("user_id", sa.Integer, primary_key=True),
+    sa.Column("status", sa.String(16), primary_key=True),
+    sa.Column("n", sa.BigInteger, nullable=False),
+)
+
+daily_stats = sa.Table(
+    "daily_stats",
+    metadata,
+    sa.Column("day", sa.String(10), primary_key=True),
+    sa.Column("user_id", sa.Integer, primary_key=True),
+    sa.Column("action_name", sa.String(32), primary_key=True),
+    sa.Column("cluster", sa.String(64), primary_key=True),
+    sa.Column("created", sa.BigInteger, nullable=False, default=0),
+    sa.Column("success", sa.BigInteger, nullable=False, default=0),
+    sa.Column("failed", sa.BigInteger, nullable=False, default=0),
+    sa.Column("partial", sa.BigInteger, nullable=False, default=0),
+    sa.Column("cancelled", sa.BigInteger, nullable=False, default=0),
+    sa.Column("duration_sum_ms", sa.BigInteger, nullable=False, default=0),
+    sa.Column("duration_count", sa.BigInteger, nullable=False, default=0),
+    sa.Index("ix_daily_stats_user_day", "user_id", "day"),
+)
+
+audit_log = sa.Table(
+    "audit_log",
+    metadata,
+    sa.Column("id", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True, autoincrement=True),
+    sa.Column("at", sa.BigInteger, nullable=False),
+    sa.Column("user_id", sa.Integer, nullable=True),
+    sa.Column("username", sa.String(64), nullable=True),
+    sa.Column("kind", sa.String(32), nullable=False),
+    sa.Column("subject", sa.String(200), nullable=True),
+    sa.Column("detail", sa.Text, nullable=True),
+    sa.Column("ip", sa.String(64), nullable=True),
+    sa.Index("ix_audit_kind_subject_at", "kind", "subject", "at"),
+    sa.Index("ix_audit_at", "at"),
+    sa.Index("ix_audit_user_at", "user_id", "at"),
+)
+
+appstatus_cache = sa.Table(
+    "appstatus_cache",
+    metadata,
+    sa.Column("cluster", sa.String(64), primary_key=True),
+    sa.Column("cid", sa.String(64), primary_key=True),
+    sa.Column("app", sa.String(64), primary_key=True),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("detail", sa.Text, nullable=True),
+    sa.Column("cached_at", sa.BigInteger, nullable=False),
+    sa.Column("expires_at", sa.BigInteger, nullable=False),
+    sa.Index("ix_appstatus_cache_expires", "expires_at"),
+)
+
+cache_counters = sa.Table(
+    "cache_counters",
+    metadata,
+    sa.Column("cluster", sa.String(64), primary_key=True),
+    sa.Column("hits", sa.BigInteger, nullable=False),
+    sa.Column("misses", sa.BigInteger, nullable=False),
+    sa.Column("expired", sa.BigInteger, nullable=False),
+)
+
+SCHEMA_VERSION = 1
+
+# Steps that bring a database at version N-1 to version N; a fresh database is created at
+# SCHEMA_VERSION directly from `metadata`. Add a step (and bump SCHEMA_VERSION) for each change.
+MIGRATIONS: dict[int, list[str]] = {}
+
+
+class _ImmediateConnection(aiosqlite.Connection):
+    """An aiosqlite connection whose transactions take the write lock at BEGIN.
+
+    A deferred BEGIN that reads first and writes later fails with SQLITE_BUSY (not waiting on the
+    busy timeout) when another writer committed in between; BEGIN IMMEDIATE waits instead.
+    """
+
+    def execute(self, sql, parameters=None):  # type: ignore[override]
+        if sql == "BEGIN":
+            sql = "BEGIN IMMEDIATE"
+        return super().execute(sql, parameters)
+
+
+class _ReusingSQLitePool:
+    """Keeps open SQLite connections for reuse: opening one per query costs milliseconds."""
+
+    _memref = None  # databases' SQLiteBackend.disconnect reads it (for in-memory databases)
+
+    def __init__(self, path: str, max_idle: int = 16, busy_timeout: float = 30.0):
+        self._path = path
+        self._idle: list[aiosqlite.Connection] = []
+        self._max_idle = max_idle
+        self._busy_timeout = busy_timeout
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(
+            self._path, isolation_level=None, timeout=self._busy_timeout, check_same_thread=False
+        )
+        conn.execute("PRAGMA synchronous=NORMAL")
+        conn.execute("PRAGMA foreign_keys=ON")
+        return conn
+
+    async def acquire(self) -> aiosqlite.Connection:
+        if self._idle:
+            return self._idle.pop()
+        connection = _ImmediateConnection(self._connect, iter_chunk_size=256)
+        await connection.__aenter__()
+        return connection
+
+    async def release(self, connection: aiosqlite.Connection) -> None:
+        if connection.in_transaction:
+            await connection.rollback()
+        if len(self._idle) < self._max_idle:
+            self._idle.append(connection)
+        else:
+            await connection.close()
+
+    async def close(self) -> None:
+        while self._idle:
+            await self._idle.pop().close()
+
+
+class Db:
+    """The application's database: a `databases.Database` plus what differs per dialect."""
+
+    def __init__(self, url: str):
+        self.url = url
+        self.is_sqlite = url.startswith("sqlite")
+        if url.startswith("postgresql+asyncpg://"):
+            url = "postgresql://" + url[len("postgresql+asyncpg://"):]
+        self.database = Database(url, **({} if self.is_sqlite else {"min_size": 2, "max_size": 20}))
+        self._sqlite_pool: _ReusingSQLitePool | None = None
+
+    def __repr__(self) -> str:
+        return f"Db({DatabaseURL(self.url).obscure_password!r})"
+
+    async def connect(self) -> None:
+        """Open the connection (pool) and, on SQLite, switch the file to WAL."""
+        if self.is_sqlite:
+            path = DatabaseURL(self.url).database
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            with sqlite3.connect(path) as conn:
+                conn.execute("PRAGMA journal_mode=WAL")
+            self._sqlite_pool = _ReusingSQLitePool(path)
+            # databases opens a new aiosqlite connection (and thread) per use; reuse them instead
+            self.database._backend._pool = self._sqlite_pool  # type: ignore[attr-defined]
+        await self.database.connect()
+
+    async def disconnect(self) -> None:
+        await self.database.disconnect()
+        if self._sqlite_pool is not None:
+            await self._sqlite_pool.close()
+
+    def transaction(self):
+        """A write transaction (on SQLite it takes the write lock at once)."""
+        return self.database.transaction()
+
+    async def fetch_all(self, query, values=None):
+        return await self.database.fetch_all(query, values)
+
+    async def fetch_one(self, query, values=None):
+        return await self.database.fetch_one(query, values)
+
+    async def fetch_val(self, query, values=None):
+        return await self.database.fetch_val(query, values)
+
+    async def execute(self, query, values=None):
+        """Run a statement; its return value is backend-specific, so callers use RETURNING."""
+        return await self.database.execute(query, values)
+
+
+def _dialect(db: Db):
+    if db.is_sqlite:
+        from sqlalchemy.dialects import sqlite
+
+        return sqlite.dialect()
+    from sqlalchemy.dialects import postgresql
+
+    return postgresql.dialect()
+
+
+async def _create_all(db: Db) -> None:
+    dialect = _dialect(db)
+    for table in metadata.sorted_tables:
+        await db.execute(str(CreateTable(table, if_not_exists=True).compile(dialect=dialect)))
+        for index in table.indexes:
+            await db.execute(str(CreateIndex(index, if_not_exists=True).compile(dialect=dialect)))
+
+
+async def migrate(db: Db) -> int:
+    """Create or upgrade the schema to SCHEMA_VERSION; return the version found before."""
+    async with db.transaction():
+        if not db.is_sqlite:
+            # one node migrates at a time; the others wait here, then find the work done
+            await db.execute("SELECT pg_advisory_xact_lock(4242001)")
+        await db.execute(
+            str(CreateTable(schema_version, if_not_exists=True).compile(dialect=_dialect(db)))
+        )
+        found = await db.fetch_val(sa.select(schema_version.c.version).where(schema_version.c.id == 1))
+        if found is None:
+            await _create_all(db)
+            await db.execute(schema_version.insert().values(id=1, version=SCHEMA_VERSION))
+            logger.info("created database schema version %s", SCHEMA_VERSION)
+            return 0
+        if found > SCHEMA_VERSION:
+            raise RuntimeError(
+                f"database schema version {found} is newer than this server's {SCHEMA_VERSION}: "
+                "upgrade the server"
+            )
+        for version in range(found + 1, SCHEMA_VERSION + 1):
+            for statement in MIGRATIONS[version]:
+                await db.execute(statement)
+            logger.info("upgraded database schema to version %s", version)
+        if found < SCHEMA_VERSION:
+            await db.execute(
+                schema_version.update().where(schema_version.c.id == 1).values(version=SCHEMA_VERSION)
+            )
+        return found

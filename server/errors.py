@@ -1,0 +1,74 @@
+"""The errors a request can meet, translated to HTTP and Socket.IO answers in one place.
+
+    AppError                 (500 unless a subclass says otherwise)
+    ├── BadRequest           400  bad_request / validation_error / unknown_action / unknown_cluster
+    ├── Unauthorized         401  unauthorized
+    ├── Forbidden            403  forbidden / csrf_failed
+    ├── NotFound             404  not_found
+    ├── Conflict             409  conflict
+    ├── PayloadTooLarge      413  payload_too_large
+    └── TooManyRequests      429  rate_limited
+
+Every error body is `{"error": {"code", "message", "details"}}`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class AppError(Exception):
+    """Base of every error that reaches a client with a status and a code."""
+
+    status = 500
+    code = "internal_error"
+
+    def __init__(self, message: str, *, code: str | None = None, details: Any = None):
+        super().__init__(message)
+        self.message = message
+        if code is not None:
+            self.code = code
+        self.details = details
+
+    def to_dict(self) -> dict:
+        """The JSON body of this error."""
+        return {"error": {"code": self.code, "message": self.message, "details": self.details}}
+
+
+class BadRequest(AppError):
+    status = 400
+    code = "bad_request"
+
+
+class Unauthorized(AppError):
+    status = 401
+    code = "unauthorized"
+
+
+class Forbidden(AppError):
+    status = 403
+    code = "forbidden"
+
+
+class NotFound(AppError):
+    status = 404
+    code = "not_found"
+
+
+class Conflict(AppError):
+    status = 409
+    code = "conflict"
+
+
+class PayloadTooLarge(AppError):
+    status = 413
+    code = "payload_too_large"
+
+
+class TooManyRequests(AppError):
+    status = 429
+    code = "rate_limited"
+
+    def __init__(self, message: str, *, retry_after: int, details: Any = None):
+        super().__init__(message, details=details)
+        self.retry_after = retry_after

@@ -1,0 +1,82 @@
+"""Job statistics read from the aggregates that the job store keeps (never from `jobs`)."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+
+import sqlalchemy as sa
+
+from . import db as tables
+from .db import Db
+from .jobs import JobStatus
+from .timeutil import iso, now_ms
+
+
+async def job_stats(db: Db, user_id: int | None) -> dict:
+    """The `job-stats` payload of one user, or of all users when user_id is None."""
+    jc, ds = tables.job_counts, tables.daily_stats
+    counts_query = sa.select(jc.c.status, sa.func.sum(jc.c.n).label("n")).group_by(jc.c.status)
+    totals_query = sa.select(
+        sa.func.coalesce(sa.func.sum(ds.c.duration_sum_ms), 0).label("duration_sum"),
+        sa.func.coalesce(sa.func.sum(ds.c.duration_count), 0).label("duration_count"))
+    now = now_ms()
+    today = datetime.fromtimestamp(now / 1000, tz=timezone.utc).strftime("%Y-%m-%d")
+    today_query = sa.select(
+        sa.func.coalesce(sa.func.sum(ds.c.created), 0).label("total"),
+        sa.func.coalesce(sa.func.sum(ds.c.success), 0).label("success"),
+        sa.func.coalesce(sa.func.sum(ds.c.failed + ds.c.partial), 0).label("failed"),
+    ).where(ds.c.day == today)
+    if user_id is not None:
+        counts_query = counts_query.where(jc.c.user_id == user_id)
+        totals_query = totals_query.where(ds.c.user_id == user_id)
+        today_query = today_query.where(ds.c.user_id == user_id)
+    counts = {status.value: 0 for status in JobStatus}
+    for row in await db.fetch_all(counts_query):
+        counts[row.status] = int(row.n)
+    totals = await db.fetch_one(totals_query)
+    today_row = await db.fetch_one(today_query)
+    finished = counts["SUCCESS"] + counts["FAILED"] + counts["PARTIAL"]
+    duration_count = int(totals.duration_count)
+    return {
+        "user_id": user_id,
+        "counts": counts,
+        "today": {"total": int(today_row.total), "success": int(today_row.success),
+                  "failed": int(today_row.failed)},
+        "running": counts["IN_PROGRESS"] + counts["QUEUED"],
+        # percent of finished (not cancelled) jobs that fully succeeded
+        "success_rate": round(100.0 * counts["SUCCESS"] / finished, 1) if finished else None,
+        "avg_duration_ms": round(int(totals.duration_sum) / duration_count) if duration_count else None,
+        "as_of": iso(now),
+    }
+
+
+async def daily_figures(db: Db, user_id: int | None, days: int = 7) -> list[dict]:
+    """Per-day created / success / failed / partial / cancelled for the last `days` days, zeros filled."""
+    ds = tables.daily_stats
+    end = datetime.now(timezone.utc).date()
+    start = end - timedelta(days=days - 1)
+    query = sa.select(
+        ds.c.day, sa.func.sum(ds.c.created).label("created"), sa.func.sum(ds.c.success).label("success"),
+        sa.func.sum(ds.c.failed).label("failed"), sa.func.sum(ds.c.partial).label("partial"),
+        sa.func.sum(ds.c.cancelled).label("cancelled"),
+        sa.func.sum(ds.c.duration_sum_ms).label("duration_sum"),
+        sa.func.sum(ds.c.duration_count).label("duration_count"),
+    ).where(ds.c.day >= start.isoformat()).group_by(ds.c.day)
+    if user_id is not None:
+        query = query.where(ds.c.user_id == user_id)
+    found = {row.day: row for row in await db.fetch_all(query)}
+    figures = []
+    for offset in range(days):
+        day = (start + timedelta(days=offset)).isoformat()
+        row = found.get(day)
+        count = int(row.duration_count) if row else 0
+        figures.append({
+            "day": day,
+            "created": int(row.created) if row else 0,
+            "success": int(row.success) if row else 0,
+            "failed": int(row.failed) if row else 0,
+            "partial": int(row.partial) if row else 0,
+            "cancelled": int(row.cancelled) if row else 0,
+            "avg_duration_ms": round(int(row.duration_sum) / count) if count else None,
+        })
+    return figures

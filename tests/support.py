@@ -1,0 +1,329 @@
+"""Test harness: real servers on loopback ports, real databases, and an HTTP client for the API.
+
+Nothing here is mocked: the Job Monitor runs under uvicorn in a thread (or as a subprocess for
+kill tests), the simulated cluster runs under uvicorn on its own port, and PostgreSQL tests get a
+fresh database of their own on the local server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import httpx
+import pytest
+import uvicorn
+
+ROOT = Path(__file__).resolve().parent.parent
+IN_CI = os.environ.get("CI", "").lower() == "true"
+PG_ADMIN_URL = os.environ.get("JOBMON_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
+REDIS_URL = os.environ.get("JOBMON_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+CHROMIUM = os.environ.get("JOBMON_TEST_CHROMIUM", "/usr/bin/chromium")
+
+
+def missing(reason: str) -> None:
+    """Skip for a missing service on a developer's machine; fail in CI, where it is mandatory."""
+    if IN_CI:
+        pytest.fail(f"{reason} (CI=true makes this mandatory)")
+    pytest.skip(reason)
+
+
+def _port_open(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def require_postgres() -> None:
+    if not _port_open("127.0.0.1", 5432):
+        missing("PostgreSQL is not running on 127.0.0.1:5432")
+
+
+def require_redis() -> None:
+    if not _port_open("127.0.0.1", 6379):
+        missing("Redis is not running on 127.0.0.1:6379")
+
+
+def require_chromium() -> str:
+    path = CHROMIUM if os.path.exists(CHROMIUM) else shutil.which("chromium")
+    if not path:
+        missing("Chromium is not installed (apt-get install -y chromium)")
+    return path
+
+
+def free_socket() -> socket.socket:
+    """A listening-ready socket on a free loopback port (no race between pick and bind)."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    return sock
+
+
+def free_port() -> int:
+    with free_socket() as sock:
+        return sock.getsockname()[1]
+
+
+class ThreadedServer:
+    """Runs an ASGI app under uvicorn in a background thread on a free loopback port."""
+
+    def __init__(self, app, sock: socket.socket | None = None):
+        self.sock = sock or free_socket()
+        self.port = self.sock.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        config = uvicorn.Config(app, log_level="warning", lifespan="on", ws_per_message_deflate=False,
+                                timeout_graceful_shutdown=2)
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
+
+    def start(self) -> "ThreadedServer":
+        self.thread.start()
+        deadline = time.monotonic() + 20
+        while not self.server.started:
+            if not self.thread.is_alive():
+                raise RuntimeError("server thread died during start-up")
+            if time.monotonic() > deadline:
+                raise RuntimeError("server did not start within 20 s")
+            time.sleep(0.01)
+        return self
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=15)
+        self.sock.close()
+
+
+class Simulator:
+    """The simulated cluster on its own port, with helpers for its control routes."""
+
+    def __init__(self):
+        from server.simulator import create_simulator_app
+
+        self.app = create_simulator_app()
+        self.server = ThreadedServer(self.app).start()
+        self.url = self.server.url
+        self.http = httpx.Client(base_url=self.url, timeout=10)
+
+    def knobs(self, **changes) -> dict:
+        response = self.http.put("/_sim/knobs", json=changes)
+        response.raise_for_status()
+        return response.json()
+
+    def reset(self) -> None:
+        self.http.post("/_sim/reset").raise_for_status()
+
+    def stats(self) -> dict:
+        return self.http.get("/_sim/stats").json()
+
+    def stop(self) -> None:
+        self.http.close()
+        self.server.stop()
+
+
+class PostgresDatabase:
+    """A fresh, empty PostgreSQL database for one server, dropped afterwards."""
+
+    def __init__(self):
+        require_postgres()
+        self.name = f"jobmon_test_{uuid.uuid4().hex[:12]}"
+        base = PG_ADMIN_URL.rsplit("/", 1)[0]
+        self.url = f"{base}/{self.name}"
+        self._admin(f'CREATE DATABASE "{self.name}"')
+
+    def _admin(self, *statements: str) -> None:
+        import asyncpg
+
+        async def run():
+            conn = await asyncpg.connect(PG_ADMIN_URL)
+            try:
+                for statement in statements:
+                    await conn.execute(statement)
+            finally:
+                await conn.close()
+
+        asyncio.run(run())
+
+    def drop(self) -> None:
+        self._admin(
+            f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{self.name}' "
+            "AND pid <> pg_backend_pid()",
+            f'DROP DATABASE IF EXISTS "{self.name}"',
+        )
+
+
+def database_url(backend: str, tmp_path: Path) -> tuple[str, object]:
+    """(url, handle) for a fresh database of the backend; handle.drop() when done (or None)."""
+    if backend == "postgres":
+        database = PostgresDatabase()
+        return database.url, database
+    return f"sqlite:///{tmp_path / 'jobmon.db'}", None
+
+
+def write_clusters_file(path: Path, clusters: dict[str, str]) -> Path:
+    path.write_text(json.dumps([{"id": cid, "name": f"Cluster {cid}", "base_url": url}
+                                for cid, url in clusters.items()]))
+    return path
+
+
+class LiveServer:
+    """A Job Monitor server under uvicorn in a thread, with its settings and database."""
+
+    def __init__(self, env: dict[str, str]):
+        from server.app import create_app
+        from server.config import load_settings
+
+        self.env = env
+        self.settings = load_settings(env)
+        sock = free_socket()
+        port = sock.getsockname()[1]
+        self.app = create_app(self.settings, self_url=f"http://127.0.0.1:{port}")
+        self.server = ThreadedServer(self.app, sock).start()
+        self.url = self.server.url
+        self._clients: list[Api] = []
+
+    def stop(self) -> None:
+        for api in self._clients:
+            api.close()
+        self.server.stop()
+
+    def _accounts(self, action):
+        from server.accounts import Accounts
+        from server.db import Db
+
+        async def run():
+            db = Db(self.settings.database_url)
+            await db.connect()
+            try:
+                return await action(Accounts(db))
+            finally:
+                await db.disconnect()
+
+        return asyncio.run(run())
+
+    def create_user(self, username: str, role: str = "user", password: str = "correct-horse") -> dict:
+        user = self._accounts(lambda accounts: accounts.create_user(username, password, role))
+        user["password"] = password
+        return user
+
+    def create_token(self, user: dict, scope: str = "read", name: str = "test") -> str:
+        from server.accounts import Scope
+
+        token = self._accounts(lambda accounts: accounts.create_token(
+            user["id"], user["role"], Scope.parse(scope), name))
+        return token["token"]
+
+    def client(self, user: dict | None = None, token: str | None = None) -> "Api":
+        api = Api(self.url)
+        self._clients.append(api)
+        if user is not None:
+            api.login(user["username"], user["password"])
+        if token is not None:
+            api.http.headers["Authorization"] = f"Bearer {token}"
+        return api
+
+
+class Api:
+    """An HTTP client of the API as a browser or a script uses it (cookie + CSRF, or a token)."""
+
+    def __init__(self, url: str):
+        self.url = url
+        self.http = httpx.Client(base_url=url, timeout=30)
+        self.csrf: str | None = None
+
+    def login(self, username: str, password: str) -> httpx.Response:
+        response = self.http.post("/api/auth/login", json={"username": username, "password": password})
+        if response.status_code == 200:
+            self.csrf = response.json()["csrf_token"]
+            self.http.headers["X-CSRF-Token"] = self.csrf
+        return response
+
+    def get(self, path: str, **kwargs) -> httpx.Response:
+        return self.http.get(path, **kwargs)
+
+    def post(self, path: str, **kwargs) -> httpx.Response:
+        return self.http.post(path, **kwargs)
+
+    def delete(self, path: str, **kwargs) -> httpx.Response:
+        return self.http.delete(path, **kwargs)
+
+    def put(self, path: str, **kwargs) -> httpx.Response:
+        return self.http.put(path, **kwargs)
+
+    def start(self, cids, action: str = "PE-Enable", cluster: str = "sim", **kwargs) -> dict:
+        """Start a Set Action; return the job (asserting 202)."""
+        response = self.post("/api/set-actions", json={"cluster": cluster, "action": action, "cids": cids},
+                             **kwargs)
+        assert response.status_code == 202, response.text
+        return response.json()["job"]
+
+    def job(self, job_id: str) -> dict:
+        response = self.get(f"/api/jobs/{job_id}")
+        assert response.status_code == 200, response.text
+        return response.json()["job"]
+
+    def wait_for(self, job_id: str, statuses=("SUCCESS", "FAILED", "PARTIAL", "CANCELLED"),
+                 timeout: float = 30) -> dict:
+        """Poll until the job reaches one of the statuses; return it."""
+        deadline = time.monotonic() + timeout
+        while True:
+            job = self.job(job_id)
+            if job["status"] in statuses:
+                return job
+            if time.monotonic() > deadline:
+                raise AssertionError(f"job {job_id} still {job['status']} after {timeout} s: {job}")
+            time.sleep(0.02)
+
+    def close(self) -> None:
+        self.http.close()
+
+
+class SubprocessServer:
+    """`python -m server serve` as a real process, for tests that kill it."""
+
+    def __init__(self, env: dict[str, str], port: int | None = None):
+        self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.env = {**os.environ, **env, "PYTHONPATH": str(ROOT)}
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> "SubprocessServer":
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "server", "serve", "--port", str(self.port)],
+            cwd=ROOT, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"server exited: {self.process.stdout.read()}")
+            try:
+                if httpx.get(self.url + "/readyz", timeout=1).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.05)
+        raise RuntimeError("server did not become ready within 30 s")
+
+    def kill(self) -> None:
+        """SIGKILL: no shutdown code runs, as when a machine dies."""
+        if self.process and self.process.poll() is None:
+            self.process.send_signal(signal.SIGKILL)
+            self.process.wait(timeout=10)
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.kill()
