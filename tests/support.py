@@ -198,6 +198,20 @@ class LiveServer:
             api.close()
         self.server.stop()
 
+    def stop_serving(self) -> None:
+        """Shut the server down as a stop would, keeping its port, settings and database (see restart)."""
+        self.server.stop()
+
+    def restart(self) -> None:
+        """Serve again on the same port and database after stop_serving(), with a fresh app."""
+        from server.app import create_app
+
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(("127.0.0.1", self.server.port))
+        self.app = create_app(self.settings, self_url=self.url)
+        self.server = ThreadedServer(self.app, sock).start()
+
     def _accounts(self, action):
         from server.accounts import Accounts
         from server.db import Db
