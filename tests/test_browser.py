@@ -104,6 +104,12 @@ def shot(page, name: str) -> None:
     page.screenshot(path=str(DOCS / f"{name}.png"))
 
 
+def dismiss_toasts(page) -> None:
+    """Close the alert toasts (they would cover the page in a screenshot)."""
+    while page.locator(".toast-close").count():
+        page.locator(".toast-close").first.click()
+
+
 def log_in(page, server, user) -> None:
     page.goto(server.url + "/")
     page.fill("#login-username", user["username"])
@@ -221,6 +227,16 @@ def test_new_user_starts_set_actions_typed_and_from_csv_and_watches_them_live(ma
     expect(page.locator("text=App status")).to_have_attribute("href", f"#/scope/apps?job={csv_job_id}")
     shot(page, "job-detail")
 
+    # cancel a running job from its detail page: the customers not yet sent are skipped
+    api = off_loop(server.client, carol)
+    sim.knobs(latency_ms=1000)
+    long_job = api.start([f"L{i}" for i in range(16)])  # four rounds of four batches of one
+    page.goto(f"{server.url}/#/jobs/{long_job['job_id']}")
+    expect(page.locator(".job-title .status")).to_have_attribute("data-status", "IN_PROGRESS")
+    page.click("#job-cancel")
+    expect(page.locator(".job-title .status")).to_have_attribute("data-status", "CANCELLED")
+    expect(page.locator("#customer-summary")).to_contain_text("SKIPPED")
+
     # CSV export of the list
     with watcher.expect_download() as download:
         watcher.click("#export-csv")
@@ -286,6 +302,7 @@ def test_failed_and_partial_jobs_show_the_error_in_a_tooltip(server, sim, browse
     expect(page.locator("#daily-chart canvas")).to_be_visible()
     expect(page.locator("#daily-table tbody tr")).to_have_count(7)
     expect(page.locator("#daily-table tbody tr").last).to_contain_text("2")
+    dismiss_toasts(page)
     shot(page, "stats")
 
     # retry the failed customers from the job detail page
@@ -358,6 +375,25 @@ def test_a_second_users_jobs_never_appear(server, sim, browser):
     expect(job_row(page, alices["job_id"])).to_be_visible()
     assert bobs["job_id"] not in page.locator("main").inner_text()
     expect(page.locator("#jobs-table tbody tr")).to_have_count(1)
+
+    # search by CID (bob's CIDs find nothing here), then keyset pages of ten
+    page.fill("#filter-q", "B1")
+    page.press("#filter-q", "Enter")
+    expect(page.locator("#jobs-table")).to_contain_text("No job matches these filters.")
+    page.fill("#filter-q", "A1")
+    page.press("#filter-q", "Enter")
+    expect(page.locator("#jobs-table tbody tr[data-job-id]")).to_have_count(1)
+    for i in range(11):
+        alice_api.start([f"N{i}"])
+    page.goto(f"{server.url}/#/jobs?limit=10")
+    expect(page.locator("#jobs-table tbody tr[data-job-id]")).to_have_count(10)
+    expect(page.locator(".page-label")).to_have_text("Page 1 · 10 jobs")
+    page.click("#page-older")
+    expect(page.locator(".page-label")).to_have_text("Page 2 · 2 jobs")
+    expect(job_row(page, alices["job_id"])).to_be_visible()
+    page.click("#page-newer")
+    expect(page.locator(".page-label")).to_have_text("Page 1 · 10 jobs")
+    assert bobs["job_id"] not in page.content()
 
     page.goto(f"{server.url}/#/jobs/{bobs['job_id']}")
     expect(page.locator("main [role=alert]")).to_have_text("This job belongs to another user.")

@@ -2,6 +2,7 @@
 
 import { api, setUnauthorizedHandler } from './api.js';
 import { setText } from './dom.js';
+import { formatTime } from './format.js';
 import { connect, disconnect } from './socket.js';
 import { live, on, resetState, session } from './state.js';
 import { bindNotificationButton, installAlertToasts, toast } from './toasts.js';
@@ -64,7 +65,7 @@ function renderConnection() {
   pill.dataset.state = live.state;
   setText(document.getElementById('conn-text'), CONNECTION_TEXT[live.state] || live.state);
   const since = live.state === 'live' ? live.connectedAt : live.disconnectedAt;
-  const when = since ? ` since ${new Date(since).toLocaleTimeString()}` : '';
+  const when = since ? ` since ${formatTime(new Date(since).toISOString())}` : '';
   pill.title = `${CONNECTION_TEXT[live.state]}${when}${live.reason ? ` – ${live.reason}` : ''}`;
 }
 

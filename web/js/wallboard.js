@@ -81,7 +81,7 @@ function scheduleRender() {
 
 function renderClock() {
   const now = Date.now();
-  setText($('wb-clock'), new Date(now).toLocaleTimeString());
+  setText($('wb-clock'), formatTime(new Date(now).toISOString()));
   const pill = $('conn');
   pill.dataset.state = live.state;
   setText($('conn-text'), CONNECTION_TEXT[live.state] || live.state);

@@ -77,6 +77,10 @@ export function mount(root, { match }) {
       row('Retry of', link(job.parent_job_id)));
     const cancellable = ACTIVE_STATUSES.has(job.status) && !job.cancel_requested;
     const retryable = ['FAILED', 'PARTIAL', 'CANCELLED'].includes(job.status) && job.failed > 0;
+    // rebuilt only when they change: a button replaced on every progress event could not be clicked
+    const buttonsKey = `${cancellable}|${job.cancel_requested}|${job.status}|${retryable ? job.failed : 0}`;
+    if (buttonsKey === buttons.dataset.key) return;
+    buttons.dataset.key = buttonsKey;
     replace(buttons,
       cancellable ? el('button', { type: 'button', class: 'btn btn-danger', id: 'job-cancel', text: 'Cancel job', onclick: cancel }) : null,
       job.cancel_requested && ACTIVE_STATUSES.has(job.status) ? el('span', { class: 'hint', text: 'Cancelling…' }) : null,

@@ -9,7 +9,7 @@ import {
 import { knownJob, on, rememberJob } from '../state.js';
 import { statusWidget, updateStatus } from './widgets.js';
 
-const PAGE_SIZES = [25, 50, 100, 200];
+const PAGE_SIZES = [10, 25, 50, 100, 200];
 const EXPORT_MAX = 10_000;
 const EXPORT_COLUMNS = ['job_id', 'action_name', 'cluster', 'status', 'customer_count', 'done', 'failed',
   'http_status', 'error_message', 'created_at', 'started_at', 'finished_at', 'duration_ms', 'batch_id',
