@@ -404,6 +404,12 @@ def test_a_second_users_jobs_never_appear(server, sim, browser):
     expect(page.locator("main [role=alert]")).to_contain_text("Admins only")
     expect(page.locator("#nav-admin")).to_be_hidden()
 
+    page.click("#logout-btn")
+    expect(page.locator(".login-form")).to_contain_text("You are signed out.")
+    page.goto(f"{server.url}/#/jobs")
+    expect(page.locator("#login-username")).to_be_visible()
+    expect(page.locator("#topbar")).to_be_hidden()
+
 
 def test_admin_sees_everyones_jobs_cache_and_tokens(server, sim, browser):
     frank = new_user(server, "frank")
@@ -418,6 +424,17 @@ def test_admin_sees_everyones_jobs_cache_and_tokens(server, sim, browser):
     expect(row).to_contain_text("frank")
     expect(row.locator(".status")).to_have_attribute("data-status", "SUCCESS")
     shot(page, "admin")
+    # the admin's socket receives every user's job-updates; "My jobs" still shows only their own
+    page.click("nav >> text=My jobs")
+    expect(page.locator("#jobs-table")).to_contain_text("No jobs yet.")
+    other = api.wait_for(api.start(["G2"])["job_id"])
+    page.click("#nav-admin")
+    expect(page.locator(f'#admin-jobs tr[data-job-id="{other["job_id"]}"]')).to_be_visible()
+    page.click("nav >> text=My jobs")
+    expect(page.locator("#jobs-table")).to_contain_text("No jobs yet.")
+    assert other["job_id"] not in page.locator("#jobs-table").inner_text()
+
+    page.click("#nav-admin")
     page.click("#admin-tab-stats")
     expect(page.locator("#admin-stats-content .cards")).to_contain_text("Started today")
     expect(page.locator("#admin-stats-content")).to_contain_text("PE-Enable")
@@ -437,7 +454,7 @@ def test_admin_sees_everyones_jobs_cache_and_tokens(server, sim, browser):
     page.fill("#admin-user", "frank")
     page.click(".admin-filters button[type=submit]")
     expect(page).to_have_url(re.compile(r"#/admin/jobs\?.*user=frank"))
-    expect(page.locator("table#admin-jobs tbody tr")).to_have_count(1)
+    expect(page.locator("table#admin-jobs tbody tr")).to_have_count(2)
     with page.expect_download() as download:
         page.click("#admin-export")
     text = download.value.path().read_text()

@@ -87,8 +87,9 @@ function startSession({ user, csrf_token: csrf }) {
   connect({
     resume: true,
     onRefused: (refusal) => {
-      if (refusal.code === 'unauthorized') endSession('Your session has ended; please sign in again.');
-      return refusal.code !== 'unauthorized';
+      const ended = refusal.code === 'unauthorized' || refusal.code === 'session_expired';
+      if (ended) endSession('Your session has ended; please sign in again.');
+      return !ended;
     },
   });
   if (!location.hash.startsWith('#/')) history.replaceState(null, '', '#/jobs');

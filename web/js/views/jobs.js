@@ -6,7 +6,7 @@ import { download, el, notice, replace, setNotice, setText } from '../dom.js';
 import {
   JOB_STATUSES, fileStamp, formatDuration, formatTime, progressText, shortId, toCsv,
 } from '../format.js';
-import { knownJob, on, rememberJob } from '../state.js';
+import { knownJob, on, rememberJob, session } from '../state.js';
 import { statusWidget, updateStatus } from './widgets.js';
 
 const PAGE_SIZES = [10, 25, 50, 100, 200];
@@ -140,6 +140,8 @@ export function mount(root, { params }) {
   }
 
   function matches(job) {
+    // admins also receive everyone's job-updates; this table is the user's own jobs
+    if (session.user && job.user_id !== session.user.id) return false;
     if (filters.statuses.length && !filters.statuses.includes(job.status)) return false;
     if (filters.action && job.action_name !== filters.action) return false;
     if (filters.q && !job.job_id.startsWith(filters.q.toLowerCase())) return false;
