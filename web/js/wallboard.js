@@ -151,8 +151,22 @@ async function identify() {
   }
 }
 
+function bindFullscreen() {
+  const button = $('wb-fullscreen');
+  if (!document.fullscreenEnabled) return;
+  button.hidden = false;
+  button.addEventListener('click', () => {
+    if (document.fullscreenElement) document.exitFullscreen();
+    else document.documentElement.requestFullscreen().catch(() => {});
+  });
+  document.addEventListener('fullscreenchange', () => {
+    setText(button, document.fullscreenElement ? 'Exit full screen' : 'Full screen');
+  });
+}
+
 async function start() {
   installAlertToasts($('toasts'));
+  bindFullscreen();
   setInterval(renderClock, 1000);
   renderClock();
   const token = tokenFromFragment();
