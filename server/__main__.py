@@ -139,10 +139,14 @@ def main(argv: list[str] | None = None) -> int:
     sim.add_argument("--host", default="127.0.0.1")
     sim.add_argument("--port", type=int, default=8100)
 
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] not in commands.choices and argv[0] not in ("-h", "--help"):
+        argv = ["serve", *argv]  # `serve` is the default command
     args = parser.parse_args(argv)
-    if args.command is None:
-        args = parser.parse_args(["serve", *(argv or sys.argv[1:])])
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # one-shot commands print their result only; long-running ones log what they do
+    quiet = args.command in ("create-user", "create-token")
+    logging.basicConfig(level=logging.WARNING if quiet else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     handlers = {"serve": _serve, "create-user": _create_user, "create-token": _create_token,
                 "listen": _listen, "simulator": _simulator}
     try:

@@ -18,7 +18,7 @@ from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 
 from . import db as tables
-from .db import Db
+from .db import INTEGRITY_ERRORS, Db
 from .errors import BadRequest, Conflict, NotFound
 from .timeutil import iso, now_ms
 
@@ -76,7 +76,7 @@ class Accounts:
         self._hasher = PasswordHasher()
 
     async def create_user(self, username: str, password: str, role: str = "user") -> dict:
-        if not isinstance(username, str) or not USERNAME.match(username):
+        if not isinstance(username, str) or not USERNAME.fullmatch(username):
             raise BadRequest("A username is 1-64 letters, digits, '.', '_' or '-'", code="validation_error",
                              details={"field": "username"})
         if not isinstance(password, str) or len(password) < 8 or len(password) > 1024:
@@ -88,10 +88,13 @@ class Accounts:
         if existing:
             raise Conflict(f"User {username!r} already exists")
         password_hash = await asyncio.to_thread(self._hasher.hash, password)
-        user_id = await self.db.fetch_val(
-            tables.users.insert().values(username=username, password_hash=password_hash, role=role,
-                                         created_at=now_ms(), disabled=False).returning(tables.users.c.id)
-        )
+        try:
+            user_id = await self.db.fetch_val(
+                tables.users.insert().values(username=username, password_hash=password_hash, role=role,
+                                             created_at=now_ms(), disabled=False).returning(tables.users.c.id)
+            )
+        except INTEGRITY_ERRORS:  # created concurrently since the check above
+            raise Conflict(f"User {username!r} already exists") from None
         return {"id": user_id, "username": username, "role": role}
 
     async def set_password(self, username: str, password: str) -> None:
@@ -137,16 +140,17 @@ class Accounts:
         return {"id": session_id, "csrf_token": csrf}
 
     async def session_principal(self, session_id: str) -> Principal | None:
-        s, u = tables.sessions, tables.users
-        row = await self.db.fetch_one(
-            sa.select(s.c.id, s.c.csrf_token, s.c.expires_at, s.c.revoked_at, u.c.id.label("user_id"),
-                      u.c.username, u.c.role, u.c.disabled)
-            .select_from(s.join(u, u.c.id == s.c.user_id)).where(s.c.id == session_id))
-        if row is None or row.revoked_at is not None or row.expires_at < now_ms() or row.disabled:
+        # plain SQL on the driver: this runs on every request
+        rows = await self.db.raw_fetch(
+            "SELECT s.csrf_token, s.expires_at, s.revoked_at, u.id, u.username, u.role, u.disabled "
+            "FROM sessions s JOIN users u ON u.id = s.user_id WHERE s.id = :id", {"id": session_id})
+        if not rows:
             return None
-        scope = Scope.ADMIN if row.role == "admin" else Scope.WRITE
-        return Principal(row.user_id, row.username, row.role, scope, "cookie",
-                         session_id=row.id, csrf_token=row.csrf_token)
+        csrf_token, expires_at, revoked_at, user_id, username, role, disabled = rows[0]
+        if revoked_at is not None or expires_at < now_ms() or disabled:
+            return None
+        scope = Scope.ADMIN if role == "admin" else Scope.WRITE
+        return Principal(user_id, username, role, scope, "cookie", session_id=session_id, csrf_token=csrf_token)
 
     async def revoke_session(self, session_id: str) -> None:
         await self.db.execute(tables.sessions.update().where(tables.sessions.c.id == session_id)
@@ -176,17 +180,19 @@ class Accounts:
     async def token_principal(self, token: str) -> Principal | None:
         if not token.startswith(TOKEN_PREFIX) or len(token) > 200:
             return None
-        t, u = tables.api_tokens, tables.users
-        row = await self.db.fetch_one(
-            sa.select(t.c.id, t.c.scope, t.c.revoked_at, u.c.id.label("user_id"), u.c.username, u.c.role,
-                      u.c.disabled)
-            .select_from(t.join(u, u.c.id == t.c.user_id)).where(t.c.token_hash == _hash_token(token)))
-        if row is None or row.revoked_at is not None or row.disabled:
+        rows = await self.db.raw_fetch(
+            "SELECT t.id, t.scope, t.revoked_at, u.id, u.username, u.role, u.disabled "
+            "FROM api_tokens t JOIN users u ON u.id = t.user_id WHERE t.token_hash = :hash",
+            {"hash": _hash_token(token)})
+        if not rows:
             return None
-        scope = Scope[row.scope.upper()]
-        if scope is Scope.ADMIN and row.role != "admin":
+        token_id, scope_name, revoked_at, user_id, username, role, disabled = rows[0]
+        if revoked_at is not None or disabled:
+            return None
+        scope = Scope[scope_name.upper()]
+        if scope is Scope.ADMIN and role != "admin":
             scope = Scope.WRITE
-        return Principal(row.user_id, row.username, row.role, scope, "token", token_id=row.id)
+        return Principal(user_id, username, role, scope, "token", token_id=token_id)
 
     async def token_is_live(self, token_id: int) -> bool:
         revoked = await self.db.fetch_one(sa.select(tables.api_tokens.c.revoked_at)

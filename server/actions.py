@@ -73,7 +73,7 @@ def _clean(values: list, max_cids: int) -> list[str]:
             invalid.append(repr(value)[:40])
             continue
         cid = value.strip()
-        if not CID_PATTERN.match(cid):
+        if not CID_PATTERN.fullmatch(cid):
             invalid.append(cid[:40])
             continue
         if cid not in seen:

@@ -19,13 +19,16 @@ from .api import admin_routes, auth_routes, jobs_routes, ops, scope_routes
 from .api.common import JSONResponse
 from .audit import AuditLog
 from .auth import Authenticator
+from .cache import AppStatusCache
 from .clusters import Cluster, ClusterRegistry, load_clusters_file
-from .config import Settings
+from .config import ConfigError, Settings
 from .db import Db, migrate
 from .errors import AppError
 from .jobs import JobStore
 from .realtime import Realtime
+from .retention import RetentionTask
 from .runner import JobRunner
+from .scope import JobScope
 from .services import Services
 from .simulator import create_simulator_app, knobs_from_env
 from .upstream import TmsClient
@@ -112,6 +115,8 @@ def create_app(settings: Settings, *, self_url: str = "http://127.0.0.1:8000", e
     """Build the ASGI app: Starlette routes wrapped by the Socket.IO server."""
     realtime = Realtime(settings)
     route_modules = [auth_routes, jobs_routes, scope_routes, admin_routes, ops]
+    # read now, so a wrong clusters file stops start-up with a message naming the variable
+    cluster_list = _clusters(settings, self_url)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette):
@@ -121,7 +126,7 @@ def create_app(settings: Settings, *, self_url: str = "http://127.0.0.1:8000", e
         accounts = Accounts(db)
         if settings.demo:
             await _ensure_demo_users(accounts)
-        clusters = ClusterRegistry(_clusters(settings, self_url))
+        clusters = ClusterRegistry(cluster_list)
         client = TmsClient(settings.upstream_timeout)
         jobs = JobStore(db)
         runner = JobRunner(jobs, clusters, client, job_concurrency=settings.job_concurrency,
@@ -129,13 +134,25 @@ def create_app(settings: Settings, *, self_url: str = "http://127.0.0.1:8000", e
         services = Services(settings=settings, db=db, accounts=accounts,
                             auth=Authenticator(accounts, settings.secret_key, settings.session_days),
                             audit=AuditLog(db), jobs=jobs, clusters=clusters, client=client, runner=runner)
+        services.cache = AppStatusCache(
+            db, client, batch_size=settings.appstatus_batch_size, concurrency=settings.appstatus_concurrency,
+            cleanup_interval=settings.appstatus_cleanup_interval,
+            claim_seconds=2 * settings.upstream_timeout + 10)
+        services.scope = JobScope(services)
         realtime.attach(services)
         await realtime.start()
         await runner.start()
+        await services.cache.start()
+        await services.scope.start()
+        retention = services.extras["retention"] = RetentionTask(db, settings)
+        await retention.start()
         try:
             yield {"services": services}
         finally:
+            await retention.stop()
             await runner.stop()
+            await services.scope.stop()
+            await services.cache.stop()
             await realtime.stop()
             await client.aclose()
             await db.disconnect()
@@ -146,7 +163,11 @@ def create_app(settings: Settings, *, self_url: str = "http://127.0.0.1:8000", e
     if WEB_DIR.is_dir():
         routes.append(Mount("/web", app=StaticFiles(directory=WEB_DIR), name="web"))
     if settings.embedded_simulator:
-        routes.append(Mount("/sim", app=create_simulator_app(knobs_from_env(settings.sim_env))))
+        try:
+            knobs = knobs_from_env(settings.sim_env)
+        except ValueError as exc:  # the message names the JOBMON_SIM_ variable
+            raise ConfigError(str(exc)) from None
+        routes.append(Mount("/sim", app=create_simulator_app(knobs)))
     app = Starlette(
         routes=routes,
         lifespan=lifespan,

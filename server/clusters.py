@@ -68,7 +68,7 @@ def load_clusters_file(path: str, environ: Mapping[str, str] | None = None) -> l
         if not isinstance(entry, dict):
             raise ConfigError(f"{where}: entry {index} is not an object")
         cluster_id, base_url = entry.get("id"), entry.get("base_url")
-        if not isinstance(cluster_id, str) or not CLUSTER_ID.match(cluster_id):
+        if not isinstance(cluster_id, str) or not CLUSTER_ID.fullmatch(cluster_id):
             raise ConfigError(f"{where}: entry {index} needs an 'id' of lowercase letters, digits, - or _")
         if not isinstance(base_url, str) or not base_url.startswith(("http://", "https://")):
             raise ConfigError(f"{where}: cluster {cluster_id!r} needs a 'base_url' starting with http(s)://")

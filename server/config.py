@@ -7,7 +7,9 @@ expected. Everything is optional: the defaults give the embedded set-up (SQLite 
 
 from __future__ import annotations
 
+import math
 import os
+import re
 import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,10 +40,20 @@ class Settings:
     max_cids: int = 100_000
     max_upload_bytes: int = 5 * 1024 * 1024
     appstatus_ttl: int = 1800
+    appstatus_batch_size: int = 500
+    appstatus_concurrency: int = 8
+    appstatus_cleanup_interval: float = 60.0
+    states_max_pages: int = 10_000
     stats_interval: float = 10.0
     stuck_after: float = 900.0
+    cluster_alert_after: int = 5
+    socket_revalidate: float = 5.0
+    redis_channel: str = "jobmon"
     lease_seconds: float = 15.0
     event_retention_days: int = 30
+    retention_days: int = 90  # finished jobs' customer rows; 0 keeps them forever
+    retention_interval: float = 3600.0
+    retention_chunk: int = 2000
     session_days: int = 7
     demo: bool = False
     secure_cookies: bool = False
@@ -55,8 +67,12 @@ class Settings:
         """The simulated cluster is mounted in-process unless a clusters file replaces it."""
         return not self.clusters_file
 
-    def __repr__(self) -> str:
-        return f"Settings(database_url={self.database_url!r}, redis_url={self.redis_url!r}, ...)"
+    def __repr__(self) -> str:  # passwords in URLs stay out of logs
+        return f"Settings(database_url={_obscured(self.database_url)!r}, redis_url={_obscured(self.redis_url)!r}, ...)"
+
+
+def _obscured(url: str) -> str:
+    return re.sub(r"(://[^:/@]*):[^@/]*@", r"\1:***@", url)
 
 
 def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0, maximum: int | None = None) -> int:
@@ -81,7 +97,7 @@ def _float(env: Mapping[str, str], name: str, default: float, minimum: float = 0
         value = float(raw)
     except ValueError:
         raise ConfigError(f"{PREFIX}{name}={raw!r}: expected a number of seconds") from None
-    if value < minimum or value != value:
+    if not math.isfinite(value) or value < minimum:
         raise ConfigError(f"{PREFIX}{name}={raw!r}: expected a number >= {minimum}")
     return value
 
@@ -125,6 +141,13 @@ def _origins(env: Mapping[str, str]) -> tuple[str, ...]:
     return origins
 
 
+def _channel(env: Mapping[str, str]) -> str:
+    raw = env.get(PREFIX + "REDIS_CHANNEL", "").strip() or "jobmon"
+    if len(raw) > 100 or not all(c.isalnum() or c in "-_.:" for c in raw):
+        raise ConfigError(f"{PREFIX}REDIS_CHANNEL={raw!r}: expected up to 100 letters, digits, '-', '_', '.', ':'")
+    return raw
+
+
 def _secret_key(env: Mapping[str, str], data_dir: Path) -> str:
     """The configured key, or one generated on first start and kept in the data directory."""
     raw = env.get(PREFIX + "SECRET_KEY", "")
@@ -136,12 +159,16 @@ def _secret_key(env: Mapping[str, str], data_dir: Path) -> str:
             )
         return raw
     key_file = data_dir / "secret_key"
-    if key_file.exists():
-        return key_file.read_text().strip()
-    data_dir.mkdir(parents=True, exist_ok=True)
-    key = secrets.token_urlsafe(32)
-    key_file.write_text(key)
-    key_file.chmod(0o600)
+    try:
+        if key_file.exists():
+            return key_file.read_text().strip()
+        data_dir.mkdir(parents=True, exist_ok=True)
+        key = secrets.token_urlsafe(32)
+        key_file.write_text(key)
+        key_file.chmod(0o600)
+    except OSError as exc:
+        raise ConfigError(f"{PREFIX}DATA_DIR={str(data_dir)!r}: cannot keep the generated secret key there "
+                          f"({exc.strerror or exc}); make it writable or set {PREFIX}SECRET_KEY") from None
     return key
 
 
@@ -171,11 +198,21 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         job_concurrency=_int(env, "JOB_CONCURRENCY", 8, minimum=1, maximum=256),
         max_cids=_int(env, "MAX_CIDS", 100_000, minimum=1),
         max_upload_bytes=_int(env, "MAX_UPLOAD_BYTES", 5 * 1024 * 1024, minimum=1024),
-        appstatus_ttl=_int(env, "APPSTATUS_TTL", 1800, minimum=1),
+        appstatus_ttl=_int(env, "APPSTATUS_TTL", 1800, minimum=1, maximum=7 * 86_400),
+        appstatus_batch_size=_int(env, "APPSTATUS_BATCH_SIZE", 500, minimum=1, maximum=1000),
+        appstatus_concurrency=_int(env, "APPSTATUS_CONCURRENCY", 8, minimum=1, maximum=64),
+        appstatus_cleanup_interval=_float(env, "APPSTATUS_CLEANUP_INTERVAL", 60.0, minimum=0.1),
+        states_max_pages=_int(env, "STATES_MAX_PAGES", 10_000, minimum=1),
         stats_interval=_float(env, "STATS_INTERVAL", 10.0, minimum=0.1),
         stuck_after=_float(env, "STUCK_AFTER", 900.0, minimum=1.0),
+        cluster_alert_after=_int(env, "CLUSTER_ALERT_AFTER", 5, minimum=1, maximum=10_000),
+        socket_revalidate=_float(env, "SOCKET_REVALIDATE", 5.0, minimum=0.1),
+        redis_channel=_channel(env),
         lease_seconds=_float(env, "LEASE_SECONDS", 15.0, minimum=0.5),
         event_retention_days=_int(env, "EVENT_RETENTION_DAYS", 30, minimum=1),
+        retention_days=_int(env, "RETENTION_DAYS", 90, minimum=0),
+        retention_interval=_float(env, "RETENTION_INTERVAL", 3600.0, minimum=0.05),
+        retention_chunk=_int(env, "RETENTION_CHUNK", 2000, minimum=10, maximum=100_000),
         session_days=_int(env, "SESSION_DAYS", 7, minimum=1),
         demo=_bool(env, "DEMO", False),
         secure_cookies=_bool(env, "SECURE_COOKIES", False),

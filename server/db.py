@@ -8,11 +8,16 @@ edge. The schema is versioned in `schema_version`; `migrate` brings any older da
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import functools
 import logging
+import re
 import sqlite3
 from pathlib import Path
 
 import aiosqlite
+import asyncpg
 import sqlalchemy as sa
 from databases import Database
 from databases.core import DatabaseURL
@@ -102,6 +107,21 @@ jobs = sa.Table(
     sa.Index("ix_jobs_status_lease", "status", "lease_expires_at"),
     sa.Index("ix_jobs_created", "created_at", "job_id"),
     sa.Index("ix_jobs_parent", "parent_job_id"),
+    # admin list (admin.py): each sort key alone, after status and after user_id, so a status or
+    # user filter walks its own slice in order instead of filtering a walk over every job
+    sa.Index("ix_jobs_updated", "updated_at", "job_id"),
+    sa.Index("ix_jobs_finished", "finished_at", "job_id"),
+    sa.Index("ix_jobs_duration", "duration_ms", "job_id"),
+    sa.Index("ix_jobs_status_created", "status", "created_at", "job_id"),
+    sa.Index("ix_jobs_status_updated", "status", "updated_at", "job_id"),
+    sa.Index("ix_jobs_status_finished", "status", "finished_at", "job_id"),
+    sa.Index("ix_jobs_status_duration", "status", "duration_ms", "job_id"),
+    sa.Index("ix_jobs_user_updated", "user_id", "updated_at", "job_id"),
+    sa.Index("ix_jobs_user_finished", "user_id", "finished_at", "job_id"),
+    sa.Index("ix_jobs_user_duration", "user_id", "duration_ms", "job_id"),
+    # the bounded error-message search reads the newest jobs that have a message
+    sa.Index("ix_jobs_error_created", "created_at", sqlite_where=sa.text("error_message IS NOT NULL"),
+             postgresql_where=sa.text("error_message IS NOT NULL")),
 )
 
 job_customers = sa.Table(
@@ -116,6 +136,7 @@ job_customers = sa.Table(
     sa.Column("error_message", sa.Text, nullable=True),
     sa.Column("updated_at", sa.BigInteger, nullable=True),
     sa.Index("ix_job_customers_cid", "cid", "job_id"),
+    sa.Index("ix_job_customers_job_status", "job_id", "status", "seq"),
 )
 
 job_events = sa.Table(
@@ -132,6 +153,23 @@ job_events = sa.Table(
     sa.Index("ix_job_events_user_event", "user_id", "event_id", unique=True),
     sa.Index("ix_job_events_job", "job_id", "id"),
     sa.Index("ix_job_events_created", "created_at"),
+)
+
+# Alerts (alerts.py): the id says what it is about (`job_failed:<job_id>`), so a second node
+# raising the same alert finds it already there; replayed to listeners by `at`.
+job_alerts = sa.Table(
+    "job_alerts",
+    metadata,
+    sa.Column("alert_id", sa.String(160), primary_key=True),
+    sa.Column("user_id", sa.Integer, nullable=True),  # the job's owner; admins see every alert
+    sa.Column("severity", sa.String(16), nullable=False),
+    sa.Column("kind", sa.String(32), nullable=False),
+    sa.Column("job_id", sa.String(36), nullable=True),
+    sa.Column("cluster", sa.String(64), nullable=True),
+    sa.Column("message", sa.Text, nullable=False),
+    sa.Column("at", sa.BigInteger, nullable=False),
+    sa.Index("ix_job_alerts_user_at", "user_id", "at"),
+    sa.Index("ix_job_alerts_at", "at"),
 )
 
 event_counters = sa.Table(
@@ -181,6 +219,8 @@ audit_log = sa.Table(
     sa.Index("ix_audit_kind_subject_at", "kind", "subject", "at"),
     sa.Index("ix_audit_at", "at"),
     sa.Index("ix_audit_user_at", "user_id", "at"),
+    sa.Index("ix_audit_kind_id", "kind", "id"),
+    sa.Index("ix_audit_username_id", "username", "id"),
 )
 
 appstatus_cache = sa.Table(
@@ -196,16 +236,73 @@ appstatus_cache = sa.Table(
     sa.Index("ix_appstatus_cache_expires", "expires_at"),
 )
 
+# Finished jobs per log-spaced processing-time bucket (histogram.py), kept by JobStore.finish:
+# the admin stats read p95 from it without touching `jobs`.
+duration_histogram = sa.Table(
+    "duration_histogram",
+    metadata,
+    sa.Column("day", sa.String(10), primary_key=True),
+    sa.Column("action_name", sa.String(32), primary_key=True),
+    sa.Column("cluster", sa.String(64), primary_key=True),
+    sa.Column("bucket", sa.Integer, primary_key=True),
+    sa.Column("n", sa.BigInteger, nullable=False),
+)
+
+# Where the retention task (retention.py) got to, shared by every node.
+retention_state = sa.Table(
+    "retention_state",
+    metadata,
+    sa.Column("name", sa.String(32), primary_key=True),
+    sa.Column("finished_at", sa.BigInteger, nullable=True),
+    sa.Column("job_id", sa.String(36), nullable=True),
+    sa.Column("lease_owner", sa.String(64), nullable=True),
+    sa.Column("lease_expires_at", sa.BigInteger, nullable=True),
+    sa.Column("updated_at", sa.BigInteger, nullable=False),
+)
+
+# Per cluster and per user whose request counted (user 0: the background cleanup), so a user's
+# stats show their own scope and an admin's the sums.
 cache_counters = sa.Table(
     "cache_counters",
     metadata,
     sa.Column("cluster", sa.String(64), primary_key=True),
+    sa.Column("user_id", sa.Integer, primary_key=True),
     sa.Column("hits", sa.BigInteger, nullable=False),
     sa.Column("misses", sa.BigInteger, nullable=False),
+    # misses that found an entry past its TTL
     sa.Column("expired", sa.BigInteger, nullable=False),
+    # expired entries deleted by the background cleanup
+    sa.Column("cleaned", sa.BigInteger, nullable=False, default=0),
+)
+
+# Who is fetching an entry from upstream right now: the cross-node half of single-flight (see
+# cache.py). A claim ends when its fetch ends, or at expires_at if its node died.
+appstatus_claims = sa.Table(
+    "appstatus_claims",
+    metadata,
+    sa.Column("cluster", sa.String(64), primary_key=True),
+    sa.Column("app", sa.String(64), primary_key=True),
+    sa.Column("cid", sa.String(64), primary_key=True),
+    sa.Column("owner", sa.String(36), nullable=False),
+    sa.Column("expires_at", sa.BigInteger, nullable=False),
+    sa.Index("ix_appstatus_claims_owner", "owner"),
+)
+
+# Bumped after every write to the entries of a (cluster, app): a node may answer from a copy of
+# a job's entries it read before only while this number has not moved (see cache.py).
+appstatus_generations = sa.Table(
+    "appstatus_generations",
+    metadata,
+    sa.Column("cluster", sa.String(64), primary_key=True),
+    sa.Column("app", sa.String(64), primary_key=True),
+    sa.Column("generation", sa.BigInteger, nullable=False),
 )
 
 SCHEMA_VERSION = 1
+
+# What a unique or foreign-key violation raises: `databases` passes the driver's own exception on
+INTEGRITY_ERRORS = (sa.exc.IntegrityError, sqlite3.IntegrityError,
+                    asyncpg.exceptions.IntegrityConstraintViolationError)
 
 # Steps that bring a database at version N-1 to version N; a fresh database is created at
 # SCHEMA_VERSION directly from `metadata`. Add a step (and bump SCHEMA_VERSION) for each change.
@@ -272,7 +369,8 @@ class Db:
         self.is_sqlite = url.startswith("sqlite")
         if url.startswith("postgresql+asyncpg://"):
             url = "postgresql://" + url[len("postgresql+asyncpg://"):]
-        self.database = Database(url, **({} if self.is_sqlite else {"min_size": 2, "max_size": 20}))
+        self.database = Database(url, **({} if self.is_sqlite else
+                                         {"min_size": 2, "max_size": 20, "reset": _keep_session}))
         self._sqlite_pool: _ReusingSQLitePool | None = None
 
     def __repr__(self) -> str:
@@ -295,12 +393,52 @@ class Db:
         if self._sqlite_pool is not None:
             await self._sqlite_pool.close()
 
-    def transaction(self):
+    @contextlib.asynccontextmanager
+    async def transaction(self):
         """A write transaction (on SQLite it takes the write lock at once)."""
-        return self.database.transaction()
+        transaction = self.database.transaction()
+        await self._uncancelled(transaction.start())
+        try:
+            yield transaction
+        except BaseException:
+            await self._uncancelled(transaction.rollback())
+            raise
+        await self._uncancelled(transaction.commit())
+
+    async def _uncancelled(self, step) -> None:
+        """Run BEGIN, COMMIT or ROLLBACK; if the task is cancelled meanwhile, free the connection.
+
+        The statement still runs on the connection's thread, but `databases` then never releases
+        the connection: on SQLite it would stay out of the pool holding the write lock (every
+        writer then waits for the busy timeout), on PostgreSQL it would leak from the pool.
+        """
+        try:
+            await step
+        except asyncio.CancelledError:
+            connection = self.database.connection()  # this task's, still counted as in use
+            if self.is_sqlite:
+                backend = connection._connection
+                raw, backend._connection = backend._connection, None
+                connection._connection_counter = 0
+                self.database._connection = None
+                if raw is not None:
+                    # queued after the statement; closing rolls back what it left open
+                    await asyncio.shield(asyncio.ensure_future(raw.close()))
+            else:
+                # asyncpg's pool resets (rolls back) a released connection
+                await asyncio.shield(asyncio.ensure_future(connection.__aexit__()))
+            raise
 
     async def fetch_all(self, query, values=None):
         return await self.database.fetch_all(query, values)
+
+    async def fetch_dicts(self, query, values=None) -> list[dict]:
+        """Rows as plain dicts: many times cheaper to read than `databases` Records, for big results."""
+        rows = await self.database.fetch_all(query, values)
+        if not rows:
+            return []
+        keys = list(rows[0]._mapping.keys())
+        return [dict(zip(keys, row._mapping.values())) for row in rows]
 
     async def fetch_one(self, query, values=None):
         return await self.database.fetch_one(query, values)
@@ -311,6 +449,66 @@ class Db:
     async def execute(self, query, values=None):
         """Run a statement; its return value is backend-specific, so callers use RETURNING."""
         return await self.database.execute(query, values)
+
+    # The hot paths (inserting a job's customers, recording a batch) skip SQLAlchemy: compiling
+    # a statement costs milliseconds, and on SQLite every driver call is a trip to the
+    # connection's thread. These run SQL text with `:name` parameters straight on the driver,
+    # on the task's connection, so they join its transaction like any other query.
+    async def raw_fetch(self, sql: str, params: dict | None = None) -> list[tuple]:
+        """Rows (as tuples) of one statement; on SQLite one trip to the connection's thread."""
+        params = params or {}
+        async with self.database.connection() as connection:
+            raw = connection.raw_connection
+            if self.is_sqlite:
+                return list(await raw.execute_fetchall(sql, params))
+            text, names = _positional(sql)
+            return [tuple(row) for row in await raw.fetch(text, *[params[name] for name in names])]
+
+    async def insert_rows(self, table: str, columns: tuple[str, ...], rows: list[tuple]) -> None:
+        """Many rows into one table, the fastest way each driver has (COPY on PostgreSQL)."""
+        async with self.database.connection() as connection:
+            raw = connection.raw_connection
+            if self.is_sqlite:
+                await raw.executemany(_insert_sql(table, columns), rows)
+            else:
+                await raw.copy_records_to_table(table, records=rows, columns=columns)
+
+    async def raw_executemany(self, sql: str, rows: list[dict]) -> None:
+        """One statement for each parameter set, in one driver call."""
+        async with self.database.connection() as connection:
+            raw = connection.raw_connection
+            if self.is_sqlite:
+                await raw.executemany(sql, rows)
+            else:
+                text, names = _positional(sql)
+                await raw.executemany(text, [[row[name] for name in names] for row in rows])
+
+
+async def _keep_session(connection) -> None:
+    """Release a PostgreSQL connection to the pool without asyncpg's reset query.
+
+    asyncpg still rolls back an open transaction; the reset query (RESET ALL, UNLISTEN, unlock
+    advisory locks) would cost a round trip per query and is not needed: nothing here keeps
+    session state (locks are transaction-scoped, settings are SET LOCAL, no LISTEN).
+    """
+
+
+@functools.lru_cache(maxsize=256)
+def _insert_sql(table: str, columns: tuple[str, ...]) -> str:
+    return f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})"
+
+
+@functools.lru_cache(maxsize=256)
+def _positional(sql: str) -> tuple[str, tuple[str, ...]]:
+    """`:name` parameters as PostgreSQL's `$n` (`::type` casts are left alone)."""
+    names: list[str] = []
+
+    def number(match: re.Match) -> str:
+        if match.group(1) not in names:
+            names.append(match.group(1))
+        return f"${names.index(match.group(1)) + 1}"
+
+    return re.sub(r"(?<![:\w]):([A-Za-z_]\w*)", number, sql), tuple(names)
 
 
 def _dialect(db: Db):

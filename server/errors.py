@@ -7,7 +7,8 @@
     ├── NotFound             404  not_found
     ├── Conflict             409  conflict
     ├── PayloadTooLarge      413  payload_too_large
-    └── TooManyRequests      429  rate_limited
+    ├── TooManyRequests      429  rate_limited
+    └── BadGateway           502  upstream_error (a cluster call failed and nothing partial is useful)
 
 Every error body is `{"error": {"code", "message", "details"}}`.
 """
@@ -72,3 +73,8 @@ class TooManyRequests(AppError):
     def __init__(self, message: str, *, retry_after: int, details: Any = None):
         super().__init__(message, details=details)
         self.retry_after = retry_after
+
+
+class BadGateway(AppError):
+    status = 502
+    code = "upstream_error"

@@ -17,17 +17,19 @@ from dataclasses import dataclass, field
 from typing import Awaitable, Callable, Iterable
 
 import sqlalchemy as sa
-from sqlalchemy.exc import IntegrityError
 
 from . import db as tables
+from . import histogram
 from .actions import Action
-from .db import Db
+from .db import INTEGRITY_ERRORS, Db
 from .errors import BadRequest, Conflict, Forbidden, NotFound
 from .timeutil import day_of, iso, now_ms
 
 logger = logging.getLogger(__name__)
 
-INSERT_CHUNK = 500  # rows per multi-row INSERT: well under SQLite's bound-parameter limit
+# the columns of `jobs`, in the order the raw queries below return them
+JOB_COLUMNS = tuple(column.name for column in tables.jobs.columns)
+RETURNING_JOB = " RETURNING " + ", ".join(JOB_COLUMNS)
 
 
 class JobStatus(str, enum.Enum):
@@ -140,22 +142,27 @@ class JobStore:
         The counter's row lock is held until commit, so on PostgreSQL a concurrent writer for
         the same user waits, and a larger id can never commit before a smaller one.
         """
-        last = await self.db.fetch_val(
+        (last,), = await self.db.raw_fetch(
             "INSERT INTO event_counters (user_id, last_event_id) VALUES (:u, :n) "
             "ON CONFLICT (user_id) DO UPDATE SET last_event_id = event_counters.last_event_id + :n "
             "RETURNING last_event_id",
             {"u": user_id, "n": len(kinds)},
         )
         first = last - len(kinds) + 1
-        events = [{"event_id": first + i, "kind": kind, "job": job, "user_id": user_id}
+        # stamped after the counter lock is held, just before commit: clients measure delivery from it
+        at = max(now, now_ms())
+        events = [{"event_id": first + i, "kind": kind, "job": job, "user_id": user_id, "at": at}
                   for i, kind in enumerate(kinds)]
-        await self.db.execute(tables.job_events.insert().values([
-            {"user_id": user_id, "event_id": e["event_id"], "job_id": job["job_id"], "kind": e["kind"],
-             "payload": json.dumps(job), "created_at": now} for e in events]))
+        payload = json.dumps(job)
+        await self.db.raw_executemany(
+            "INSERT INTO job_events (user_id, event_id, job_id, kind, payload, created_at) "
+            "VALUES (:u, :e, :j, :k, :p, :at)",
+            [{"u": user_id, "e": e["event_id"], "j": job["job_id"], "k": e["kind"], "p": payload, "at": at}
+             for e in events])
         return events
 
     async def _count(self, user_id: int, status: str, delta: int) -> None:
-        await self.db.execute(
+        await self.db.raw_fetch(
             "INSERT INTO job_counts (user_id, status, n) VALUES (:u, :s, :d) "
             "ON CONFLICT (user_id, status) DO UPDATE SET n = job_counts.n + :d",
             {"u": user_id, "s": status, "d": delta},
@@ -198,16 +205,13 @@ class JobStore:
         try:
             async with self.db.transaction():
                 await self.db.execute(tables.jobs.insert().values(**row))
-                for start in range(0, len(cids), INSERT_CHUNK):
-                    await self.db.execute(tables.job_customers.insert().values([
-                        {"job_id": job_id, "seq": start + i, "cid": cid, "status": CustomerStatus.PENDING.value,
-                         "http_status": None, "error_message": None, "updated_at": None}
-                        for i, cid in enumerate(cids[start:start + INSERT_CHUNK])]))
+                await self.db.insert_rows("job_customers", ("job_id", "seq", "cid", "status"),
+                                          [(job_id, seq, cid, "PENDING") for seq, cid in enumerate(cids)])
                 await self._count(user_id, JobStatus.QUEUED.value, 1)
                 await self._daily(row, now, created=1)
                 job = public_job(row)
                 events = await self._append_events(user_id, job, ["created"], now)
-        except IntegrityError:
+        except INTEGRITY_ERRORS:
             # a concurrent request with the same idempotency key won the race
             if idempotency_key is None:
                 raise
@@ -239,28 +243,38 @@ class JobStore:
     async def list_jobs(self, *, user_id: int | None, statuses: list[str] | None = None,
                         action: str | None = None, cluster: str | None = None, text: str | None = None,
                         cursor: str | None = None, limit: int = 50) -> dict:
-        """Jobs newest first, one page at a time (keyset on created_at, job_id)."""
-        j = tables.jobs
-        query = sa.select(j)
+        """Jobs newest first, one page at a time (keyset on created_at, job_id).
+
+        Plain SQL on the driver: this is the most requested page, and building it through
+        SQLAlchemy and `databases` records cost more than the query itself.
+        """
+        where, params = [], {"limit": limit + 1}
         if user_id is not None:
-            query = query.where(j.c.user_id == user_id)
+            where.append("user_id = :user_id")
+            params["user_id"] = user_id
         if statuses:
-            query = query.where(j.c.status.in_(statuses))
+            where.append("status IN (" + ", ".join(f":s{i}" for i in range(len(statuses))) + ")")
+            params.update({f"s{i}": status for i, status in enumerate(statuses)})
         if action:
-            query = query.where(j.c.action_name == action)
+            where.append("action_name = :action")
+            params["action"] = action
         if cluster:
-            query = query.where(j.c.cluster == cluster)
+            where.append("cluster = :cluster")
+            params["cluster"] = cluster
         if text:
-            by_cid = sa.select(tables.job_customers.c.job_id).where(tables.job_customers.c.cid == text)
-            query = query.where(sa.or_(j.c.job_id.like(_like_prefix(text.lower()), escape="\\"),
-                                       j.c.job_id.in_(by_cid)))
+            # a job id prefix (ids are lowercase) or a whole CID
+            where.append("(job_id LIKE :prefix ESCAPE '\\' "
+                         "OR job_id IN (SELECT job_id FROM job_customers WHERE cid = :cid))")
+            params.update(prefix=_like_prefix(text.lower()), cid=text)
         if cursor:
             created_at, job_id = decode_cursor(cursor, (int, str))
-            query = query.where(sa.or_(j.c.created_at < created_at,
-                                       sa.and_(j.c.created_at == created_at, j.c.job_id < job_id)))
-        rows = await self.db.fetch_all(query.order_by(j.c.created_at.desc(), j.c.job_id.desc()).limit(limit + 1))
-        page = rows[:limit]
-        next_cursor = encode_cursor(page[-1].created_at, page[-1].job_id) if len(rows) > limit else None
+            where.append("(created_at, job_id) < (:after_at, :after_id)")
+            params.update(after_at=created_at, after_id=job_id)
+        rows = await self.db.raw_fetch(
+            "SELECT " + ", ".join(JOB_COLUMNS) + " FROM jobs" + (" WHERE " + " AND ".join(where) if where else "")
+            + " ORDER BY created_at DESC, job_id DESC LIMIT :limit", params)
+        page = [dict(zip(JOB_COLUMNS, row)) for row in rows[:limit]]
+        next_cursor = encode_cursor(page[-1]["created_at"], page[-1]["job_id"]) if len(rows) > limit else None
         return {"jobs": [public_job(r) for r in page], "next_cursor": next_cursor}
 
     async def list_customers(self, job_id: str, *, status: str | None = None, after_seq: int = -1,
@@ -322,14 +336,24 @@ class JobStore:
         return [r.job_id for r in rows]
 
     async def renew_leases(self, node_id: str, job_ids: list[str], lease_ms: int) -> set[str]:
-        """Extend this node's leases; return the jobs it still holds."""
+        """Extend this node's leases; return the jobs it still holds or that have just finished.
+
+        `finish` clears the lease, so a job finished here, whose task is still publishing its
+        last events, is not taken for one lost to another node.
+        """
         if not job_ids:
             return set()
         j = tables.jobs
         rows = await self.db.fetch_all(
             j.update().where(j.c.job_id.in_(job_ids), j.c.lease_owner == node_id)
             .values(lease_expires_at=now_ms() + lease_ms).returning(j.c.job_id))
-        return {r.job_id for r in rows}
+        held = {r.job_id for r in rows}
+        others = [job_id for job_id in job_ids if job_id not in held]
+        if others:
+            finished = await self.db.fetch_all(sa.select(j.c.job_id).where(
+                j.c.job_id.in_(others), j.c.status.not_in(ACTIVE_STATUSES)))
+            held.update(r.job_id for r in finished)
+        return held
 
     async def release(self, node_id: str, job_ids: list[str]) -> None:
         """Give leases back (on shutdown) so another node can take the jobs at once."""
@@ -358,32 +382,38 @@ class JobStore:
 
     async def pending_batches(self, job_id: str, batch_size: int) -> list[Batch]:
         """The batches with customers still PENDING, in order."""
-        c = tables.job_customers
-        rows = await self.db.fetch_all(sa.select(c.c.seq, c.c.cid).where(
-            c.c.job_id == job_id, c.c.status == CustomerStatus.PENDING.value).order_by(c.c.seq))
+        rows = await self.db.raw_fetch(
+            "SELECT seq, cid FROM job_customers WHERE job_id = :j AND status = 'PENDING' ORDER BY seq",
+            {"j": job_id})
         batches: dict[int, Batch] = {}
-        for r in rows:
-            number = r.seq // batch_size
-            batches.setdefault(number, Batch(number, [])).cids.append(r.cid)
+        for seq, cid in rows:
+            number = seq // batch_size
+            batches.setdefault(number, Batch(number, [])).cids.append(cid)
         return list(batches.values())
 
     async def is_cancel_requested(self, job_id: str) -> bool:
         j = tables.jobs
         return bool(await self.db.fetch_val(sa.select(j.c.cancel_requested).where(j.c.job_id == job_id)))
 
-    async def record_batch(self, job_id: str, batch: Batch, batch_size: int, outcome: BatchOutcome) -> dict:
-        """Store one batch's outcome per customer, the job's progress and a progress event."""
-        c, j = tables.job_customers, tables.jobs
+    async def record_batch(self, job_id: str, batch: Batch, batch_size: int, outcome: BatchOutcome,
+                           *, progress_event: bool = True) -> dict:
+        """Store one batch's outcome per customer, the job's progress and (if asked) a progress event.
+
+        The runner paces progress events per job; progress it holds back is written later by
+        `record_progress`, so a client always sees the latest counts.
+        """
         now = now_ms()
-        first, end = batch.number * batch_size, (batch.number + 1) * batch_size
-        in_batch = sa.and_(c.c.job_id == job_id, c.c.seq >= first, c.c.seq < end,
-                           c.c.status == CustomerStatus.PENDING.value)
+        # the batch's customers still waiting for an answer (a batch re-sent after a restart
+        # finds the ones recorded before gone)
+        in_batch = ("WHERE job_id = :j AND seq >= :first AND seq < :end AND status = 'PENDING'")
+        where = {"j": job_id, "first": batch.number * batch_size, "end": (batch.number + 1) * batch_size}
         async with self.db.transaction():
             failed = 0
             if outcome.error is not None:
-                rows = await self.db.fetch_all(c.update().where(in_batch).values(
-                    status=CustomerStatus.FAILED.value, http_status=outcome.http_status,
-                    error_message=outcome.error, updated_at=now).returning(c.c.seq))
+                rows = await self.db.raw_fetch(
+                    "UPDATE job_customers SET status = 'FAILED', http_status = :h, error_message = :e, "
+                    "updated_at = :now " + in_batch + " RETURNING seq",
+                    {**where, "h": outcome.http_status, "e": outcome.error, "now": now})
                 done = failed = len(rows)
                 first_error = outcome.error
             else:
@@ -392,24 +422,43 @@ class JobStore:
                     if error is not None:
                         by_error.setdefault(error, []).append(cid)
                 for error, cids in by_error.items():
-                    rows = await self.db.fetch_all(c.update().where(in_batch, c.c.cid.in_(cids)).values(
-                        status=CustomerStatus.FAILED.value, http_status=outcome.http_status,
-                        error_message=error, updated_at=now).returning(c.c.seq))
+                    marks = ", ".join(f":c{i}" for i in range(len(cids)))
+                    rows = await self.db.raw_fetch(
+                        "UPDATE job_customers SET status = 'FAILED', http_status = :h, error_message = :e, "
+                        f"updated_at = :now {in_batch} AND cid IN ({marks}) RETURNING seq",
+                        {**where, "h": outcome.http_status, "e": error, "now": now,
+                         **{f"c{i}": cid for i, cid in enumerate(cids)}})
                     failed += len(rows)
-                rows = await self.db.fetch_all(c.update().where(in_batch).values(
-                    status=CustomerStatus.SUCCESS.value, http_status=outcome.http_status,
-                    error_message=None, updated_at=now).returning(c.c.seq))
+                rows = await self.db.raw_fetch(
+                    "UPDATE job_customers SET status = 'SUCCESS', http_status = :h, error_message = NULL, "
+                    "updated_at = :now " + in_batch + " RETURNING seq",
+                    {**where, "h": outcome.http_status, "now": now})
                 done = failed + len(rows)
                 first_error = next(iter(by_error), None)
-            values = {"done": j.c.done + done, "failed": j.c.failed + failed, "updated_at": now}
+            values = {"j": job_id, "d": done, "f": failed, "now": now}
+            sets = "done = done + :d, failed = failed + :f, updated_at = :now"
             if failed:
-                values["http_status"] = outcome.http_status
-                values["error_message"] = sa.func.coalesce(j.c.error_message, first_error)
-            row = await self.db.fetch_one(j.update().where(j.c.job_id == job_id).values(**values).returning(j))
-            job = public_job(row)
-            events = await self._append_events(row.user_id, job, ["progress"], now) if done else []
+                sets += ", http_status = :h, error_message = COALESCE(error_message, :e)"
+                values.update(h=outcome.http_status, e=first_error)
+            (updated,) = await self.db.raw_fetch(
+                f"UPDATE jobs SET {sets} WHERE job_id = :j" + RETURNING_JOB, values)
+            job = public_job(dict(zip(JOB_COLUMNS, updated)))
+            events = (await self._append_events(job["user_id"], job, ["progress"], now)
+                      if done and progress_event else [])
         await self._publish(events)
         return job
+
+    async def record_progress(self, job_id: str) -> None:
+        """Append a progress event with the job's current counts (while it is still running)."""
+        j = tables.jobs
+        now = now_ms()
+        async with self.db.transaction():
+            # FOR UPDATE (PostgreSQL): wait for a batch being recorded, so counts never go backwards
+            row = await self.db.fetch_one(sa.select(j).where(j.c.job_id == job_id).with_for_update())
+            if row is None or row.status != JobStatus.IN_PROGRESS.value:
+                return  # a finished job's status event already carries its final counts
+            events = await self._append_events(row.user_id, public_job(row), ["progress"], now)
+        await self._publish(events)
 
     async def finish(self, job_id: str) -> dict:
         """Close a job whose batches are all answered (or that was cancelled): its final status."""
@@ -435,6 +484,7 @@ class JobStore:
             await self._count(row.user_id, row.status, -1)
             await self._count(row.user_id, status.value, 1)
             await self._daily(row, now, **{status.value.lower(): 1, "duration_sum_ms": duration, "duration_count": 1})
+            await histogram.add_finished(self.db, day_of(now), row.action_name, row.cluster, duration)
             job = public_job(updated)
             events = await self._append_events(row.user_id, job, ["status"], now)
         await self._publish(events)

@@ -23,12 +23,77 @@ logger = logging.getLogger(__name__)
 BatchListener = Callable[[str, str, UpstreamError | None], Awaitable[None]]
 
 
+class _ProgressPacer:
+    """Lets one job write a progress event at most every `interval` seconds.
+
+    A batch recorded without an event marks the job as moved; a timer then writes a progress
+    event with the job's current counts once the interval has passed, so progress that moved is
+    always shown within two intervals, and a 100,000-customer job writes a few events a second.
+    """
+
+    def __init__(self, store: JobStore, job_id: str, interval: float):
+        self.store = store
+        self.job_id = job_id
+        self.interval = interval
+        self._last = float("-inf")  # loop time of the last progress event
+        self._moved = False
+        self._writing = False
+        self._timer: asyncio.Task | None = None
+
+    def claim(self) -> bool:
+        """True if the batch about to be recorded may write its own progress event."""
+        now = asyncio.get_running_loop().time()
+        if now - self._last < self.interval:
+            return False
+        self._last = now
+        self._moved = False
+        return True
+
+    def moved(self) -> None:
+        """A batch was recorded without an event: make sure one follows."""
+        self._moved = True
+        if self._timer is None:
+            self._timer = asyncio.create_task(self._flush_later(), name=f"progress-{self.job_id}")
+
+    async def _flush_later(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            while self._moved:
+                await asyncio.sleep(max(0.0, self._last + self.interval - loop.time()))
+                if not self._moved:
+                    return  # a batch wrote its own event meanwhile
+                self._moved = False
+                self._last = loop.time()
+                self._writing = True
+                try:
+                    await self.store.record_progress(self.job_id)
+                except Exception:
+                    logger.exception("writing the progress event of job %s failed", self.job_id)
+                finally:
+                    self._writing = False
+        finally:
+            self._timer = None
+
+    async def settle(self) -> None:
+        """Before the job's status event: drop a pending flush, wait for one being written."""
+        timer = self._timer
+        if timer is None:
+            return
+        if not self._writing:
+            timer.cancel()
+        await asyncio.gather(timer, return_exceptions=True)
+
+    def cancel(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+
+
 class JobRunner:
     """The background worker of one server process."""
 
     def __init__(self, store: JobStore, clusters: ClusterRegistry, client: TmsClient, *,
                  job_concurrency: int, batch_concurrency: int, lease_seconds: float,
-                 poll_seconds: float = 1.0):
+                 poll_seconds: float = 1.0, progress_interval: float = 0.25):
         self.store = store
         self.clusters = clusters
         self.client = client
@@ -37,10 +102,12 @@ class JobRunner:
         self.batch_concurrency = batch_concurrency
         self.lease_ms = int(lease_seconds * 1000)
         self.poll_seconds = min(poll_seconds, lease_seconds / 3)
+        self.progress_interval = progress_interval
         # user tokens live only in this process's memory: never stored, never logged. A job
         # resumed elsewhere after a crash continues with the cluster's service token.
         self._user_tokens: dict[str, str] = {}
         self._running: dict[str, asyncio.Task] = {}
+        self._lost: dict[str, asyncio.Event] = {}  # set when another node took the job over
         self._batch_listeners: list[BatchListener] = []
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task] = []
@@ -99,16 +166,20 @@ class JobRunner:
     async def _lease_loop(self) -> None:
         while not self._stopping:
             await asyncio.sleep(self.lease_ms / 3000)
+            running = list(self._running)  # jobs claimed while renewing are not judged on this round
             try:
-                held = await self.store.renew_leases(self.node_id, list(self._running), self.lease_ms)
+                held = await self.store.renew_leases(self.node_id, running, self.lease_ms)
             except Exception:
                 logger.exception("renewing job leases failed; trying again in %s seconds.", self.lease_ms / 3000)
                 continue
-            for job_id, task in list(self._running.items()):
-                if job_id not in held:
-                    # another node took it over (this one stalled past its lease): let it finish there
+            for job_id in running:
+                lost = self._lost.get(job_id)
+                if job_id not in held and lost is not None and not lost.is_set():
+                    # another node took it over (this one stalled past its lease): let it finish
+                    # there. The job sends no further batch here; it is not cancelled, since a
+                    # task cancelled inside a database transaction could leave it half done.
                     logger.warning("lost the lease of job %s; stopping it here", job_id)
-                    task.cancel()
+                    lost.set()
 
     async def _run(self, job_id: str) -> None:
         try:
@@ -123,6 +194,7 @@ class JobRunner:
                 logger.exception("could not release job %s", job_id)
         finally:
             self._user_tokens.pop(job_id, None)
+            self._lost.pop(job_id, None)
             # a slot is free: look for more work now
             self._wake.set()
 
@@ -142,10 +214,12 @@ class JobRunner:
         token = self._user_tokens.get(job_id)
         semaphore = asyncio.Semaphore(self.batch_concurrency)
         cancelled = asyncio.Event()
+        lost = self._lost.setdefault(job_id, asyncio.Event())
+        pacer = _ProgressPacer(self.store, job_id, self.progress_interval)
 
         async def send(batch: Batch) -> None:
             async with semaphore:
-                if cancelled.is_set():
+                if cancelled.is_set() or lost.is_set():
                     return
                 error: UpstreamError | None = None
                 if cluster is None:
@@ -160,7 +234,11 @@ class JobRunner:
                     except UpstreamError as exc:
                         error = exc
                         outcome = BatchOutcome(exc.http_status, error=exc.message)
-                job = await self.store.record_batch(job_id, batch, row.batch_size, outcome)
+                with_event = pacer.claim()
+                job = await self.store.record_batch(job_id, batch, row.batch_size, outcome,
+                                                    progress_event=with_event)
+                if not with_event:
+                    pacer.moved()
                 if job.get("cancel_requested"):
                     cancelled.set()
                 for listener in self._batch_listeners:
@@ -169,5 +247,11 @@ class JobRunner:
                     except Exception:
                         logger.exception("batch listener failed")
 
-        await asyncio.gather(*(send(batch) for batch in batches))
+        try:
+            await asyncio.gather(*(send(batch) for batch in batches))
+            await pacer.settle()
+        finally:
+            pacer.cancel()
+        if lost.is_set():
+            return  # the node that took the job over finishes it
         await self.store.finish(job_id)

@@ -32,4 +32,5 @@ class Services:
     # filled by the modules that own them (realtime, app-status cache); None when not running
     realtime: Any = None
     cache: Any = None
+    scope: Any = None  # scope.JobScope: job customer states, app status and its watches
     extras: dict = field(default_factory=dict)

@@ -15,8 +15,9 @@ def iso(ms: int | None) -> str | None:
     """Format epoch milliseconds as `2026-11-22T10:00:00.123Z` (None stays None)."""
     if ms is None:
         return None
-    moment = datetime.fromtimestamp(ms / 1000, tz=timezone.utc)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ms % 1000:03d}Z"
+    # time.gmtime is twice as fast as datetime here, and a page of jobs formats hundreds
+    seconds, millis = divmod(ms, 1000)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{millis:03d}Z"
 
 
 def parse_iso(text: str) -> int:

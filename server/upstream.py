@@ -2,7 +2,9 @@
 
 Every call has a total deadline (httpx's own timeout applies per read, so a slow drip of bytes
 could outlive it) and every failure becomes an `UpstreamError` with the HTTP status to record
-(or None when there was no answer) and a message an operator understands.
+and a message an operator understands. Without an HTTP answer the status is the one a gateway
+would give: 408 when the deadline passed, 503 when no connection could be made, 502 when the
+connection broke or the answer was not the API's.
 """
 
 from __future__ import annotations
@@ -103,10 +105,16 @@ class TmsClient:
             raise UpstreamError(
                 f"Cluster '{cluster.id}' did not answer within {self.timeout:g} s", 408, "timeout"
             ) from None
+        except httpx.ConnectError:
+            # no HTTP answer at all: recorded as 503, as a gateway would answer for it
+            raise UpstreamError(
+                f"Could not connect to cluster '{cluster.id}': the connection was refused or the "
+                "host is unreachable", 503, "connection"
+            ) from None
         except httpx.HTTPError as exc:
             reason = str(exc) or type(exc).__name__
             raise UpstreamError(
-                f"Could not reach cluster '{cluster.id}': {reason}", None, "connection"
+                f"Lost the connection to cluster '{cluster.id}' before it answered ({reason})", 502, "connection"
             ) from None
         if response.status_code >= 400:
             hint = _STATUS_HINTS.get(response.status_code, "the cluster refused the request")

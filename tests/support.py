@@ -8,6 +8,7 @@ fresh database of their own on the local server.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import shutil
@@ -15,6 +16,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import uuid
@@ -311,15 +313,23 @@ class SubprocessServer:
         self.url = f"http://127.0.0.1:{self.port}"
         self.env = {**os.environ, **env, "PYTHONPATH": str(ROOT)}
         self.process: subprocess.Popen | None = None
+        # a file, not a pipe: nobody reads a pipe while the server runs, and a full pipe blocks it
+        fd, self.log_path = tempfile.mkstemp(prefix="jobmon-server-", suffix=".log")
+        os.close(fd)
+
+    def output(self) -> str:
+        """Everything the server printed so far."""
+        return Path(self.log_path).read_text(errors="replace")
 
     def start(self) -> "SubprocessServer":
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "server", "serve", "--port", str(self.port)],
-            cwd=ROOT, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "server", "serve", "--port", str(self.port)],
+                cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(f"server exited: {self.process.stdout.read()}")
+                raise RuntimeError(f"server exited: {self.output()}")
             try:
                 if httpx.get(self.url + "/readyz", timeout=1).status_code == 200:
                     return self
@@ -341,3 +351,30 @@ class SubprocessServer:
                 self.process.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 self.kill()
+
+
+def api_error(response: httpx.Response, status: int) -> dict:
+    """The `error` object of a JSON error answer, after checking the status and the envelope."""
+    assert response.status_code == status, f"{response.status_code} != {status}: {response.text}"
+    error = response.json()["error"]
+    assert set(error) == {"code", "message", "details"} and error["message"], error
+    return error
+
+
+def db_rows(url: str, sql: str, *args) -> list[tuple]:
+    """Rows of one SQL query, read straight from a server's database (SQLite path or PostgreSQL URL)."""
+    if url.startswith("sqlite:///"):
+        import sqlite3
+
+        with contextlib.closing(sqlite3.connect(url[len("sqlite:///"):])) as conn:
+            return [tuple(row) for row in conn.execute(sql.replace("$1", "?"), args).fetchall()]
+    import asyncpg
+
+    async def run():
+        conn = await asyncpg.connect(url)
+        try:
+            return [tuple(row) for row in await conn.fetch(sql, *args)]
+        finally:
+            await conn.close()
+
+    return asyncio.run(run())

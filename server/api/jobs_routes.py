@@ -33,7 +33,7 @@ def _idempotency_key(request: Request) -> str | None:
     key = request.headers.get("idempotency-key")
     if key is None:
         return None
-    if not IDEMPOTENCY_KEY.match(key):
+    if not IDEMPOTENCY_KEY.fullmatch(key):
         raise BadRequest("Idempotency-Key must be 1-200 printable ASCII characters", code="validation_error",
                          details={"field": "Idempotency-Key"})
     return key
@@ -42,7 +42,7 @@ def _idempotency_key(request: Request) -> str | None:
 def _upstream_token(raw: object) -> str | None:
     if raw is None or raw == "":
         return None
-    if not isinstance(raw, str) or not UPSTREAM_TOKEN.match(raw):
+    if not isinstance(raw, str) or not UPSTREAM_TOKEN.fullmatch(raw):
         raise BadRequest("'upstream_token' must be a bearer token of printable ASCII", code="validation_error",
                          details={"field": "upstream_token"})
     return raw
@@ -51,7 +51,7 @@ def _upstream_token(raw: object) -> str | None:
 async def _read_set_action(request: Request, max_cids: int, max_bytes: int) -> tuple[dict, list[str], str | None]:
     """(fields, cids, batch_id) from a JSON body or a multipart CSV upload."""
     content_type = request.headers.get("content-type", "")
-    if content_type.startswith("multipart/form-data"):
+    if content_type.startswith(("multipart/form-data", "application/x-www-form-urlencoded")):
         declared = request.headers.get("content-length")
         if declared and declared.isdigit() and int(declared) > max_bytes + 64 * 1024:
             raise PayloadTooLarge(f"Upload too large: at most {max_bytes} bytes of CSV",
@@ -61,19 +61,23 @@ async def _read_set_action(request: Request, max_cids: int, max_bytes: int) -> t
         except Exception as exc:  # python-multipart reports limits and malformed bodies alike
             raise BadRequest(f"Could not read the upload: {exc}", code="validation_error",
                              details={"field": "file"}) from None
-        upload = form.get("file")
-        if upload is None or isinstance(upload, str):
-            if isinstance(form.get("cids"), str):
-                return dict(form), parse_cid_text(form["cids"], max_cids), None
-            raise BadRequest("Attach a CSV file as 'file' (or send 'cids')", code="validation_error",
-                             details={"field": "file"})
-        data = await upload.read(max_bytes + 1)
+        try:
+            fields = {key: value for key, value in form.items() if isinstance(value, str)}
+            upload = form.get("file")
+            if upload is None or isinstance(upload, str):
+                if isinstance(form.get("cids"), str):
+                    return fields, parse_cid_text(form["cids"], max_cids), None
+                raise BadRequest("Attach a CSV file as 'file' (or send 'cids')", code="validation_error",
+                                 details={"field": "file"})
+            data = await upload.read(max_bytes + 1)
+        finally:
+            await form.close()  # its spooled temporary files, whatever happens
         if len(data) > max_bytes:
             raise PayloadTooLarge(f"CSV file too large: at most {max_bytes} bytes",
                                   details={"field": "file", "max_bytes": max_bytes})
-        return dict(form), parse_cid_csv(data, max_cids), str(uuid.uuid4())
+        return fields, parse_cid_csv(data, max_cids), str(uuid.uuid4())
     if not content_type.startswith("application/json"):
-        raise BadRequest("Send JSON (application/json) or a CSV upload (multipart/form-data)",
+        raise BadRequest("Send JSON (application/json), a CSV upload (multipart/form-data) or a form",
                          code="validation_error")
     body = await json_object(request, limit=max_bytes)
     if isinstance(body.get("cids"), str):
@@ -185,13 +189,15 @@ async def retry_job(request: Request) -> JSONResponse:
     cids = await s.jobs.failed_cids(job["job_id"])
     if not cids:
         raise Conflict("This job has no failed customers to retry")
-    body = await json_object(request) if int(request.headers.get("content-length") or 0) else {}
+    has_body = request.headers.get("content-length", "0") != "0" or "transfer-encoding" in request.headers
+    body = await json_object(request) if has_body else {}  # the body is optional here
     key = _idempotency_key(request)
+    token = _upstream_token(body.get("upstream_token"))  # checked before anything is stored
     new_job, created = await s.jobs.create_job(
         user_id=job["user_id"], action=resolve_action(job["action_code"]), cluster=job["cluster"], cids=cids,
         batch_size=s.settings.batch_size, idempotency_key=key, parent_job_id=job["job_id"])
     if created:
-        s.runner.submit(new_job["job_id"], _upstream_token(body.get("upstream_token")))
+        s.runner.submit(new_job["job_id"], token)
         await s.audit.record("retry", user_id=principal.user_id, username=principal.username,
                              subject=new_job["job_id"], detail={"parent_job_id": job["job_id"],
                                                                 "customers": len(cids)}, ip=client_ip(request))
