@@ -316,3 +316,18 @@ def test_clusters_never_share_entries(server, alice, sim, sim2):
     assert (sim.stats()["appstatus_batch_calls"], sim2.stats()["appstatus_batch_calls"]) == (1, 1)
     per_cluster = stats(api)["clusters"]
     assert (per_cluster["sim"]["entries"], per_cluster["sim2"]["entries"]) == (2, 2)
+
+
+def test_cache_settings_are_checked_at_start_up(tmp_path):
+    from server.config import ConfigError, load_settings
+
+    base = {"JOBMON_DATA_DIR": str(tmp_path), "JOBMON_SECRET_KEY": "x" * 32}
+    settings = load_settings(base)
+    assert (settings.appstatus_batch_size, settings.appstatus_concurrency, settings.appstatus_ttl) == (500, 8, 1800)
+    for name, value in [("APPSTATUS_BATCH_SIZE", "1001"), ("APPSTATUS_BATCH_SIZE", "0"),
+                        ("APPSTATUS_CONCURRENCY", "many"), ("APPSTATUS_TTL", "0"),
+                        ("APPSTATUS_TTL", "604801"), ("APPSTATUS_CLEANUP_INTERVAL", "-1"),
+                        ("STATES_MAX_PAGES", "0")]:
+        with pytest.raises(ConfigError) as raised:
+            load_settings({**base, f"JOBMON_{name}": value})
+        assert f"JOBMON_{name}={value!r}" in str(raised.value)
