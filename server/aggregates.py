@@ -48,6 +48,8 @@ class AdminStats:
         self.db = db
         # day -> (daily_stats sums per action and cluster, histogram counts per action, cluster, bucket)
         self._closed: dict[str, tuple[list[dict], list[dict]]] = {}
+        # (first, last closed day, window start) -> those days added up
+        self._closed_sums: dict[tuple[str, str, str], _Sums] = {}
 
     async def figures(self, window_days: int = 7, now: int | None = None) -> dict:
         """Counts now, today, the last 7 days, and processing times and per-action and per-cluster
@@ -66,36 +68,27 @@ class AdminStats:
 
         closed_days = [_day(offset, today) for offset in range(LIVE_DAYS, (today - date.fromisoformat(read_start))
                                                                    .days + 1)]
-        missing = [day for day in closed_days if day not in self._closed]
-        if missing:
-            found = await self._read(min(missing), live_start)
-            for day in missing:
-                self._closed[day] = found.get(day, ([], []))
-        for day in [day for day in self._closed if day < _day(MAX_WINDOW_DAYS + LIVE_DAYS, today)]:
-            del self._closed[day]
-        days = {day: self._closed[day] for day in closed_days}
-        days.update(await self._read(live_start, None))
-
-        by_day: dict[str, dict] = defaultdict(_zero)
-        by_action: dict[str, dict] = defaultdict(_zero)
-        by_cluster: dict[str, dict] = defaultdict(_zero)
-        window = _zero()
-        hist_all: dict[int, int] = defaultdict(int)
-        hist_action: dict[str, dict[int, int]] = defaultdict(lambda: defaultdict(int))
-        hist_cluster: dict[str, dict[int, int]] = defaultdict(lambda: defaultdict(int))
-        for day, (daily_rows, hist_rows) in days.items():
-            for row in daily_rows:
-                _add(by_day[day], row["values"])
-                if day >= window_start:
-                    _add(by_action[row["action_name"]], row["values"])
-                    _add(by_cluster[row["cluster"]], row["values"])
-                    _add(window, row["values"])
-            if day >= window_start:
-                for row in hist_rows:
-                    n, bucket = row["n"], row["bucket"]
-                    hist_all[bucket] += n
-                    hist_action[row["action_name"]][bucket] += n
-                    hist_cluster[row["cluster"]][bucket] += n
+        key = (closed_days[-1] if closed_days else "", closed_days[0] if closed_days else "", window_start)
+        closed = self._closed_sums.get(key)
+        if closed is None:
+            missing = [day for day in closed_days if day not in self._closed]
+            if missing:
+                found = await self._read(min(missing), live_start)
+                for day in missing:
+                    self._closed[day] = found.get(day, ([], []))
+            for day in [day for day in self._closed if day < _day(MAX_WINDOW_DAYS + LIVE_DAYS, today)]:
+                del self._closed[day]
+            closed = _Sums()
+            for day in closed_days:
+                closed.add_day(day, *self._closed[day], in_window=day >= window_start)
+            if len(self._closed_sums) >= 16:
+                self._closed_sums.clear()
+            self._closed_sums[key] = closed
+        sums = closed.copy()
+        for day, (daily_rows, hist_rows) in (await self._read(live_start, None)).items():
+            sums.add_day(day, daily_rows, hist_rows, in_window=day >= window_start)
+        by_day, by_action, by_cluster, window = sums.by_day, sums.by_action, sums.by_cluster, sums.window
+        hist_all, hist_action, hist_cluster = sums.hist_all, sums.hist_action, sums.hist_cluster
 
         finished = counts["SUCCESS"] + counts["FAILED"] + counts["PARTIAL"]
         today_key = today.isoformat()
@@ -141,6 +134,47 @@ class AdminStats:
             found[row["day"]][1].append({"action_name": row["action_name"], "cluster": row["cluster"],
                                          "bucket": row["bucket"], "n": int(row["n"])})
         return dict(found)
+
+
+class _Sums:
+    """Figures added up over days: per day, per action, per cluster, the window, the histograms."""
+
+    def __init__(self):
+        self.by_day: dict[str, dict] = defaultdict(_zero)
+        self.by_action: dict[str, dict] = defaultdict(_zero)
+        self.by_cluster: dict[str, dict] = defaultdict(_zero)
+        self.window = _zero()
+        self.hist_all: dict[int, int] = defaultdict(int)
+        self.hist_action: dict[str, dict[int, int]] = defaultdict(lambda: defaultdict(int))
+        self.hist_cluster: dict[str, dict[int, int]] = defaultdict(lambda: defaultdict(int))
+
+    def add_day(self, day: str, daily_rows: list[dict], hist_rows: list[dict], in_window: bool) -> None:
+        for row in daily_rows:
+            _add(self.by_day[day], row["values"])
+            if in_window:
+                _add(self.by_action[row["action_name"]], row["values"])
+                _add(self.by_cluster[row["cluster"]], row["values"])
+                _add(self.window, row["values"])
+        if in_window:
+            for row in hist_rows:
+                n, bucket = row["n"], row["bucket"]
+                self.hist_all[bucket] += n
+                self.hist_action[row["action_name"]][bucket] += n
+                self.hist_cluster[row["cluster"]][bucket] += n
+
+    def copy(self) -> "_Sums":
+        other = _Sums()
+        for name in ("by_day", "by_action", "by_cluster"):
+            target = getattr(other, name)
+            for key, values in getattr(self, name).items():
+                target[key] = dict(values)
+        other.window = dict(self.window)
+        other.hist_all.update(self.hist_all)
+        for name in ("hist_action", "hist_cluster"):
+            target = getattr(other, name)
+            for key, counts in getattr(self, name).items():
+                target[key].update(counts)
+        return other
 
 
 def _zero() -> dict:

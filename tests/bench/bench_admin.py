@@ -2,13 +2,16 @@
 
     .venv/bin/python tests/bench/bench_admin.py                 # SQLite and PostgreSQL, 1,000,000 jobs
     .venv/bin/python tests/bench/bench_admin.py --backend sqlite --jobs 200000
-    .venv/bin/python tests/bench/bench_admin.py --reuse          # keep and reuse the generated data
+    .venv/bin/python tests/bench/bench_admin.py --keep           # keep the generated data, then
+    .venv/bin/python tests/bench/bench_admin.py --reuse          # measure again without regenerating
 
-The jobs (about three customers each) and their aggregates (job_counts, daily_stats,
-duration_histogram) are written straight into the database with bulk inserts, consistent with
-each other (the admin check that recounts them from `jobs` is run and must find nothing), then
-a real server (`python -m server serve`, a subprocess) answers HTTP requests from this process.
-Target: p99 < 50 ms for each measured request.
+The jobs (1-5 customers each, two years of them, 50 users) and their aggregates (job_counts,
+daily_stats, duration_histogram) are written straight into the database in bulk (SQLite:
+executemany in one transaction; PostgreSQL: COPY), indexes built afterwards, all consistent
+(the admin check that recounts the aggregates from `jobs` runs at the end and must find nothing).
+Then a real server (`python -m server serve`, a subprocess) answers HTTP requests from this
+process, one at a time. Target: p99 < 50 ms for the first four measurements (first page, a
+filtered page, a deep cursor page, stats); the others are shown for reference.
 """
 
 from __future__ import annotations
@@ -266,7 +269,8 @@ def generate(backend: str, total: int, workdir: Path) -> str:
     return url
 
 
-def _pg_database(total: int, create: bool) -> str:
+def _pg_database(total: int, create: bool, drop: bool = False) -> str:
+    """The URL of the bench's PostgreSQL database: created afresh, found, or dropped."""
     import asyncpg
 
     from support import PG_ADMIN_URL
@@ -277,9 +281,9 @@ def _pg_database(total: int, create: bool) -> str:
         conn = await asyncpg.connect(PG_ADMIN_URL)
         try:
             exists = await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name)
+            if (create or drop) and exists:
+                await conn.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
             if create:
-                if exists:
-                    await conn.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
                 await conn.execute(f'CREATE DATABASE "{name}"')
             return exists
         finally:
@@ -309,20 +313,24 @@ def _deep_cursor(url: str, rank: int) -> str:
     return CursorCodec(SECRET).encode("jobs", "created_at", "desc", 0, [row[0], row[1]])
 
 
-def _sample(url: str) -> dict:
+def _sample(url: str, total: int) -> dict:
     """Real values to search for: a job id, a CID and a date a year ago."""
 
     async def run():
         db = Db(url)
         await db.connect()
         try:
-            job = await db.fetch_one("SELECT job_id FROM jobs ORDER BY created_at LIMIT 1 OFFSET 123456")
+            job = await db.fetch_one(f"SELECT job_id FROM jobs ORDER BY created_at LIMIT 1 OFFSET {total // 8}")
             cid = await db.fetch_one(f"SELECT cid FROM job_customers WHERE job_id = '{job[0]}' LIMIT 1")
             return {"job_id": job[0], "cid": cid[0]}
         finally:
             await db.disconnect()
 
     return asyncio.run(run())
+
+
+# the requests the issue sets its target for; the others show how the rest of the API fares
+TARGETS = 4
 
 
 def measure(url: str, total: int, workdir: Path, requests: int) -> list[tuple[str, float, float, float]]:
@@ -332,7 +340,7 @@ def measure(url: str, total: int, workdir: Path, requests: int) -> list[tuple[st
     env = {"JOBMON_DATABASE_URL": url, "JOBMON_DATA_DIR": str(workdir / "data"), "JOBMON_SECRET_KEY": SECRET,
            "JOBMON_CLUSTERS_FILE": str(clusters), "JOBMON_RETENTION_DAYS": "0", "JOBMON_LOG_LEVEL": "WARNING"}
     deep = _deep_cursor(url, total // 2)
-    sample = _sample(url)
+    sample = _sample(url, total)
     year_ago = datetime.fromtimestamp(time.time() - 365 * 86400, tz=timezone.utc).date()
     scenarios = [
         ("list: first page", "/admin/jobs", {"limit": 50}),
@@ -365,7 +373,9 @@ def measure(url: str, total: int, workdir: Path, requests: int) -> list[tuple[st
         with httpx.Client(base_url=server.url, timeout=60) as http:
             login = http.post("/api/auth/login", json={"username": "bench-admin", "password": "bench-admin-password"})
             login.raise_for_status()
-            for name, path, params in scenarios:
+            for index, (name, path, params) in enumerate(scenarios):
+                if index == TARGETS:
+                    print("  -- more of the API (no target) --")
                 for _ in range(20):
                     response = http.get(path, params=params)
                     assert response.status_code == 200, (name, response.text[:300])
@@ -401,7 +411,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--jobs", type=int, default=1_000_000)
     parser.add_argument("--requests", type=int, default=300, help="timed requests per scenario")
     parser.add_argument("--workdir", default="/tmp/jobmon-admin-bench")
-    parser.add_argument("--reuse", action="store_true", help="reuse data generated by an earlier run")
+    parser.add_argument("--reuse", action="store_true", help="reuse data kept by an earlier run")
+    parser.add_argument("--keep", action="store_true", help="keep the generated data (for --reuse)")
     args = parser.parse_args(argv)
     workdir = Path(args.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
@@ -416,12 +427,17 @@ def main(argv: list[str] | None = None) -> int:
                 print("  reusing the generated data")
         if not url:
             url = generate(backend, args.jobs, workdir)
-        for name, p50, p99, _ in measure(url, args.jobs, workdir, args.requests):
+        for name, p50, p99, _ in measure(url, args.jobs, workdir, args.requests)[:TARGETS]:
             if p99 >= 50:
                 failed = True
                 print(f"  ABOVE TARGET: {name} p99 {p99:.1f} ms")
-    if not args.reuse:
-        shutil.rmtree(workdir / "data", ignore_errors=True)
+        if not (args.keep or args.reuse):
+            if backend == "sqlite":
+                for suffix in ("", "-wal", "-shm"):
+                    Path(str(workdir / f"admin-bench-{args.jobs}.db") + suffix).unlink(missing_ok=True)
+            else:
+                _pg_database(args.jobs, create=False, drop=True)
+    shutil.rmtree(workdir / "data", ignore_errors=True)
     return 1 if failed else 0
 
 
