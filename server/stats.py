@@ -16,11 +16,16 @@ async def job_stats(db: Db, user_id: int | None) -> dict:
     """The `job-stats` payload of one user, or of all users when user_id is None."""
     jc, ds = tables.job_counts, tables.daily_stats
     counts_query = sa.select(jc.c.status, sa.func.sum(jc.c.n).label("n")).group_by(jc.c.status)
+    now = now_ms()
+    today_date = datetime.fromtimestamp(now / 1000, tz=timezone.utc).date()
+    today = today_date.isoformat()
+    # the average covers the last 7 days: a bounded range of the (day, ...) primary key, however
+    # many years of history the table holds
+    week_start = (today_date - timedelta(days=6)).isoformat()
     totals_query = sa.select(
         sa.func.coalesce(sa.func.sum(ds.c.duration_sum_ms), 0).label("duration_sum"),
-        sa.func.coalesce(sa.func.sum(ds.c.duration_count), 0).label("duration_count"))
-    now = now_ms()
-    today = datetime.fromtimestamp(now / 1000, tz=timezone.utc).strftime("%Y-%m-%d")
+        sa.func.coalesce(sa.func.sum(ds.c.duration_count), 0).label("duration_count"),
+    ).where(ds.c.day >= week_start)
     today_query = sa.select(
         sa.func.coalesce(sa.func.sum(ds.c.created), 0).label("total"),
         sa.func.coalesce(sa.func.sum(ds.c.success), 0).label("success"),
@@ -45,7 +50,7 @@ async def job_stats(db: Db, user_id: int | None) -> dict:
         "running": counts["IN_PROGRESS"] + counts["QUEUED"],
         # percent of finished (not cancelled) jobs that fully succeeded
         "success_rate": round(100.0 * counts["SUCCESS"] / finished, 1) if finished else None,
-        "avg_duration_ms": round(int(totals.duration_sum) / duration_count) if duration_count else None,
+        "avg_duration_ms": round(int(totals.duration_sum) / duration_count) if duration_count else None,  # last 7 days
         "as_of": iso(now),
     }
 
