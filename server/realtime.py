@@ -30,7 +30,7 @@ from .accounts import Principal
 from .alerts import Alerts
 from .config import Settings
 from .errors import AppError
-from .fanout import Fanout, SocketState, encode_event, read_events
+from .fanout import Fanout, SocketState, encode_event, read_events, speed_up_engineio_writer
 from .jobs import parse_job_id
 from .services import Services
 from .stats import job_stats
@@ -108,6 +108,7 @@ class Realtime:
             http_compression=False,  # broadcasts are small and many: compressing costs more than it saves
             json=_OrjsonPacker,
         )
+        speed_up_engineio_writer()
         self._tasks: list[asyncio.Task] = []
         self._spawned: set[asyncio.Task] = set()
         self._stats_timers: dict[int | None, asyncio.Task] = {}

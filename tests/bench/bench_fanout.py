@@ -57,7 +57,7 @@ async def _clients(conn, url: str, tokens: list[str], connect_concurrency: int) 
     ws_url = url.replace("http://", "ws://") + "/socket.io/?EIO=4&transport=websocket"
     delays = array("f")
     window = [float("inf"), float("-inf")]
-    counters = {"received": 0, "in_window": 0, "out_of_order": 0, "refused": 0}
+    counters = {"received": 0, "in_window": 0, "out_of_order": 0, "refused": 0, "closed_by_server": 0}
 
     settled = asyncio.Event()
     pending = [len(tokens)]
@@ -71,7 +71,7 @@ async def _clients(conn, url: str, tokens: list[str], connect_concurrency: int) 
         last_id = 0
         try:
             async with ready:
-                ws = await session.ws_connect(ws_url, autoping=False, max_msg_size=0)
+                ws = await session.ws_connect(ws_url, max_msg_size=0)
                 opened = await ws.receive_str()  # "0{sid, pingInterval, ...}"
                 assert opened.startswith("0"), opened
                 await ws.send_str("40" + orjson.dumps({"token": token}).decode())
@@ -86,6 +86,8 @@ async def _clients(conn, url: str, tokens: list[str], connect_concurrency: int) 
         connect_step_done()
         try:
             async for message in ws:
+                if message.type != aiohttp.WSMsgType.TEXT:
+                    continue
                 data = message.data
                 if data == "2":
                     await ws.send_str("3")  # Engine.IO ping -> pong
@@ -99,6 +101,7 @@ async def _clients(conn, url: str, tokens: list[str], connect_concurrency: int) 
                     if window[0] <= arrived <= window[1]:
                         counters["in_window"] += 1
                         delays.append(arrived - parse_iso(update["at"]))
+            counters["closed_by_server"] += 1
         finally:
             await ws.close()
 
@@ -110,6 +113,9 @@ async def _clients(conn, url: str, tokens: list[str], connect_concurrency: int) 
         command = await asyncio.get_running_loop().run_in_executor(None, conn.recv)  # ("window", start, end)
         window[0], window[1] = command[1], command[2]
         await asyncio.sleep(max(0.0, (command[2] - time.time() * 1000) / 1000) + 0.5)
+        failed = [t.exception() for t in tasks if t.done() and not t.cancelled() and t.exception()]
+        counters["client_errors"] = len(failed)
+        counters["first_error"] = repr(failed[0]) if failed else None
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -186,7 +192,14 @@ def run_once(n: int, args) -> dict:
     tmp = Path(tempfile.mkdtemp(prefix="bench-fanout-"))
     sim_port, port = _free_port(), _free_port()
     sim_url, url = f"http://127.0.0.1:{sim_port}", f"http://127.0.0.1:{port}"
-    database_url = args.database_url or f"sqlite:///{tmp / 'jobmon.db'}"
+    database = None
+    if args.backend == "postgres":
+        from support import PostgresDatabase
+
+        database = PostgresDatabase()
+        database_url = database.url
+    else:
+        database_url = f"sqlite:///{tmp / 'jobmon.db'}"
     env = {**os.environ, "PYTHONPATH": str(ROOT), "JOBMON_DATABASE_URL": database_url,
            "JOBMON_DATA_DIR": str(tmp / "data"), "JOBMON_CLUSTERS_FILE": str(tmp / "clusters.json"),
            "JOBMON_JOB_CONCURRENCY": "256", "JOBMON_BATCH_CONCURRENCY": "1", "JOBMON_BATCH_SIZE": "10",
@@ -201,8 +214,9 @@ def run_once(n: int, args) -> dict:
         _wait_ready(sim_url, "/_sim/stats", sim)
         httpx.put(sim_url + "/_sim/knobs", json={"latency_ms": args.latency_ms}).raise_for_status()
         tokens = _make_users(database_url, args.users)
+        # the server's log goes to a file: an unread pipe would fill up and stall the server
         server = subprocess.Popen([sys.executable, "-m", "server", "serve", "--port", str(port)], cwd=ROOT, env=env,
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                                  stdout=subprocess.DEVNULL, stderr=open(tmp / "server.log", "w"))
         processes.append(server)
         _wait_ready(url, "/readyz", server)
         time.sleep(2)
@@ -251,7 +265,8 @@ def run_once(n: int, args) -> dict:
         cpu_server = _cpu_seconds(server.pid) - cpu_before
         running_at_end = int(_metric(url, 'jobmon_jobs{status="IN_PROGRESS"}'))
         delays = array("f")
-        counters = {"received": 0, "in_window": 0, "out_of_order": 0}
+        counters = {"received": 0, "in_window": 0, "out_of_order": 0, "client_errors": 0, "closed_by_server": 0}
+        errors = []
         for process, pipe in children:
             _, raw, their = pipe.recv()
             part = array("f")
@@ -259,6 +274,8 @@ def run_once(n: int, args) -> dict:
             delays.extend(part)
             for key in counters:
                 counters[key] += their[key]
+            if their["first_error"]:
+                errors.append(their["first_error"])
             process.join(timeout=30)
         ordered = sorted(delays)
         pick = lambda q: ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")  # noqa: E731
@@ -273,7 +290,9 @@ def run_once(n: int, args) -> dict:
             "p50_ms": round(pick(0.50), 1), "p99_ms": round(pick(0.99), 1),
             "max_ms": round(ordered[-1], 1) if ordered else None,
             "mean_ms": round(statistics.fmean(ordered), 1) if ordered else None,
-            "out_of_order_or_repeated": counters["out_of_order"],
+            "out_of_order_or_repeated": counters["out_of_order"], "received_total": counters["received"],
+            "client_errors": counters["client_errors"], "closed_by_server": counters["closed_by_server"],
+            "first_client_error": errors[0] if errors else None,
             "server_cpu_percent": round(100 * cpu_server / (args.seconds + 0.5)),
         }
     finally:
@@ -286,6 +305,8 @@ def run_once(n: int, args) -> dict:
                 process.wait(timeout=15)
             except subprocess.TimeoutExpired:
                 process.kill()
+        if database is not None:
+            database.drop()
 
 
 def _cpu_seconds(pid: int) -> float:
@@ -301,10 +322,11 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=15.0, help="measurement window")
     parser.add_argument("--latency-ms", type=float, default=1000.0, help="the cluster's answer time per batch")
     parser.add_argument("--client-procs", type=int, default=3)
-    parser.add_argument("--database-url", default="", help="default: a fresh SQLite file")
+    parser.add_argument("--backend", choices=["sqlite", "postgres"], default="sqlite",
+                        help="a fresh SQLite file, or a fresh database on the local PostgreSQL")
     args = parser.parse_args()
     print(f"machine: {os.cpu_count()} CPUs; {args.jobs} jobs progressing, {args.users} users, "
-          f"clients in {args.client_procs} processes, {'PostgreSQL' if args.database_url else 'SQLite'}",
+          f"clients in {args.client_procs} processes, {args.backend}",
           flush=True)
     for n in args.clients:
         result = run_once(n, args)
