@@ -202,7 +202,7 @@ def run_once(n: int, args) -> dict:
         database_url = f"sqlite:///{tmp / 'jobmon.db'}"
     env = {**os.environ, "PYTHONPATH": str(ROOT), "JOBMON_DATABASE_URL": database_url,
            "JOBMON_DATA_DIR": str(tmp / "data"), "JOBMON_CLUSTERS_FILE": str(tmp / "clusters.json"),
-           "JOBMON_JOB_CONCURRENCY": "256", "JOBMON_BATCH_CONCURRENCY": "1", "JOBMON_BATCH_SIZE": "10",
+           "JOBMON_JOB_CONCURRENCY": "256", "JOBMON_BATCH_CONCURRENCY": "1", "JOBMON_BATCH_SIZE": "1",
            "JOBMON_LOG_LEVEL": "WARNING"}
     (tmp / "clusters.json").write_text(json.dumps([{"id": "sim", "name": "Simulated", "base_url": sim_url}]))
     processes: list[subprocess.Popen] = []
@@ -241,9 +241,10 @@ def run_once(n: int, args) -> dict:
         rss_idle = _rss_kb(server.pid)
         sockets = _metric(url, "jobmon_node_sockets")
 
-        # the jobs: each sends one batch per latency_ms for longer than the whole run
-        batches = int((args.seconds + 30) * 1000 / args.latency_ms) + 5
-        cids = [f"C{i:06d}" for i in range(batches * 10)]
+        # the jobs: one customer per batch (JOBMON_BATCH_SIZE=1), so each job sends one batch per
+        # latency_ms, for far longer than the run (it is stopped with the server)
+        batches = int((args.seconds + 300) * 1000 / args.latency_ms)
+        cids = [f"C{i:06d}" for i in range(batches)]
         created = time.monotonic()
         with httpx.Client(base_url=url, timeout=60) as http:
             for i in range(args.jobs):
