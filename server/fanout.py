@@ -123,6 +123,7 @@ class Fanout:
         # held while an event is sent: a resume changes a socket's cursor only between sends
         self.lock = asyncio.Lock()
         self.on_overflow: Callable[[int], Awaitable[None]] | None = None
+        self._overflow_tasks: set[asyncio.Task] = set()
 
     # -- sockets ---------------------------------------------------------------------------
     def add(self, state: SocketState) -> None:
@@ -187,7 +188,10 @@ class Fanout:
             for event in events:
                 self._last.pop(event["user_id"], None)
                 if self.on_overflow is not None:
-                    asyncio.get_running_loop().create_task(self.on_overflow(event["user_id"]))
+                    # keep a reference so the task is not garbage collected mid-way
+                    task = asyncio.get_running_loop().create_task(self.on_overflow(event["user_id"]))
+                    self._overflow_tasks.add(task)
+                    task.add_done_callback(self._overflow_tasks.discard)
             return
         self._queue.put_nowait(events)
 

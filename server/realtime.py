@@ -304,7 +304,7 @@ class Realtime:
         if state is not None and not self._allow(state):
             return _ack_error("rate_limited", f"Too many messages: at most {RATE:g} per second", 429)
         return _ack_error("unknown_event", f"Unknown event {str(event)[:64]!r}: use resume, subscribe, "
-                                           "unsubscribe or get-stats", 400)
+                                           "unsubscribe, get-stats, watch-appstatus or unwatch-appstatus", 400)
 
     async def on_resume(self, state: SocketState, data: Any) -> dict:
         """Replay the user's job-update events after `last_event_id`, in order, then ack.
@@ -472,7 +472,7 @@ class Realtime:
             # a change from now on schedules another push
             self._stats_timers.pop(key, None)
             room = ADMINS_ROOM if key is None else stats_room(key)
-            if not self.settings.redis_url and not self._has_local(room, key):
+            if not self.settings.redis_url and not self._has_local(key):
                 return  # nobody would get it (with Redis, sockets on other nodes might)
             await self.sio.emit("job-stats", await job_stats(self.services.db, key), room=room)
         except asyncio.CancelledError:
@@ -483,7 +483,7 @@ class Realtime:
             if self._stats_timers.get(key) is asyncio.current_task():
                 del self._stats_timers[key]
 
-    def _has_local(self, room: str, key: int | None) -> bool:
+    def _has_local(self, key: int | None) -> bool:
         if key is None:
             return bool(self.fanout.admins)
         return any(not self.fanout.sockets[sid].principal.is_admin for sid in self.fanout.by_user.get(key, ()))
