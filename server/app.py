@@ -127,7 +127,7 @@ def create_app(settings: Settings, *, self_url: str = "http://127.0.0.1:8000", e
         if settings.demo:
             await _ensure_demo_users(accounts)
         clusters = ClusterRegistry(cluster_list)
-        client = TmsClient(settings.upstream_timeout)
+        client = TmsClient(settings.upstream_timeout, settings.upstream_connections)
         jobs = JobStore(db)
         runner = JobRunner(jobs, clusters, client, job_concurrency=settings.job_concurrency,
                            batch_concurrency=settings.batch_concurrency, lease_seconds=settings.lease_seconds)

@@ -212,43 +212,49 @@ class JobRunner:
         await self.store.start(job_id)
         batches = await self.store.pending_batches(job_id, row.batch_size)
         token = self._user_tokens.get(job_id)
-        semaphore = asyncio.Semaphore(self.batch_concurrency)
         cancelled = asyncio.Event()
         lost = self._lost.setdefault(job_id, asyncio.Event())
         pacer = _ProgressPacer(self.store, job_id, self.progress_interval)
 
         async def send(batch: Batch) -> None:
-            async with semaphore:
+            error: UpstreamError | None = None
+            if cluster is None:
+                outcome = BatchOutcome(None, error=f"Cluster '{row.cluster}' is no longer configured")
+            else:
+                try:
+                    results = await self.client.set_action(
+                        cluster, row.action_name, row.action_code, batch.cids,
+                        request_id=f"{job_id}:{batch.number}", user_token=token)
+                    outcome = BatchOutcome(200, results={cid: (None if r.ok else r.error)
+                                                         for cid, r in results.items()})
+                except UpstreamError as exc:
+                    error = exc
+                    outcome = BatchOutcome(exc.http_status, error=exc.message)
+            with_event = pacer.claim()
+            job = await self.store.record_batch(job_id, batch, row.batch_size, outcome,
+                                                progress_event=with_event)
+            if not with_event:
+                pacer.moved()
+            if job.get("cancel_requested"):
+                cancelled.set()
+            for listener in self._batch_listeners:
+                try:
+                    await listener(job_id, row.cluster, error)
+                except Exception:
+                    logger.exception("batch listener failed")
+
+        # batch_concurrency workers take the batches in order from one iterator: a task per
+        # batch would be 100,000 waiting tasks for a job of 100,000 customers sent one by one
+        pending = iter(batches)
+
+        async def worker() -> None:
+            for batch in pending:
                 if cancelled.is_set() or lost.is_set():
                     return
-                error: UpstreamError | None = None
-                if cluster is None:
-                    outcome = BatchOutcome(None, error=f"Cluster '{row.cluster}' is no longer configured")
-                else:
-                    try:
-                        results = await self.client.set_action(
-                            cluster, row.action_name, row.action_code, batch.cids,
-                            request_id=f"{job_id}:{batch.number}", user_token=token)
-                        outcome = BatchOutcome(200, results={cid: (None if r.ok else r.error)
-                                                             for cid, r in results.items()})
-                    except UpstreamError as exc:
-                        error = exc
-                        outcome = BatchOutcome(exc.http_status, error=exc.message)
-                with_event = pacer.claim()
-                job = await self.store.record_batch(job_id, batch, row.batch_size, outcome,
-                                                    progress_event=with_event)
-                if not with_event:
-                    pacer.moved()
-                if job.get("cancel_requested"):
-                    cancelled.set()
-                for listener in self._batch_listeners:
-                    try:
-                        await listener(job_id, row.cluster, error)
-                    except Exception:
-                        logger.exception("batch listener failed")
+                await send(batch)
 
         try:
-            await asyncio.gather(*(send(batch) for batch in batches))
+            await asyncio.gather(*(worker() for _ in range(min(self.batch_concurrency, len(batches)))))
             await pacer.settle()
         finally:
             pacer.cancel()
