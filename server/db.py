@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import functools
 import logging
 import re
@@ -361,8 +362,29 @@ class _ReusingSQLitePool:
             await self._idle.pop().close()
 
 
+# The task that holds a Db's SQLite write lock (so its own writes inside a transaction go on)
+_sqlite_writer: contextvars.ContextVar[asyncio.Task | None] = contextvars.ContextVar("sqlite_writer", default=None)
+
+_WRITE_SQL = re.compile(r"\s*(INSERT|UPDATE|DELETE|REPLACE)\b", re.IGNORECASE)
+
+
+def _writes(query) -> bool:
+    """Whether a statement changes rows (and so needs SQLite's one write lock)."""
+    if isinstance(query, sa.TextClause):
+        query = query.text
+    if isinstance(query, str):
+        return _WRITE_SQL.match(query) is not None
+    return isinstance(query, sa.sql.dml.UpdateBase)
+
+
 class Db:
-    """The application's database: a `databases.Database` plus what differs per dialect."""
+    """The application's database: a `databases.Database` plus what differs per dialect.
+
+    On SQLite, writers in this process take turns through an asyncio lock, first come first
+    served. SQLite has one write lock per file, and a writer that finds it taken sleeps and
+    polls (the busy timeout): under a steady stream of job transactions a request could poll
+    for many seconds, or fail with "database is locked", while others kept winning the lock.
+    """
 
     def __init__(self, url: str):
         self.url = url
@@ -372,6 +394,7 @@ class Db:
         self.database = Database(url, **({} if self.is_sqlite else
                                          {"min_size": 2, "max_size": 20, "reset": _keep_session}))
         self._sqlite_pool: _ReusingSQLitePool | None = None
+        self._write_lock = asyncio.Lock()
 
     def __repr__(self) -> str:
         return f"Db({DatabaseURL(self.url).obscure_password!r})"
@@ -394,16 +417,31 @@ class Db:
             await self._sqlite_pool.close()
 
     @contextlib.asynccontextmanager
+    async def writing(self, writes: bool = True):
+        """Hold this process's turn to write to SQLite (a no-op on PostgreSQL or for reads)."""
+        task = asyncio.current_task()
+        if not writes or not self.is_sqlite or _sqlite_writer.get() is task:
+            yield
+            return
+        async with self._write_lock:
+            token = _sqlite_writer.set(task)
+            try:
+                yield
+            finally:
+                _sqlite_writer.reset(token)
+
+    @contextlib.asynccontextmanager
     async def transaction(self):
         """A write transaction (on SQLite it takes the write lock at once)."""
-        transaction = self.database.transaction()
-        await self._uncancelled(transaction.start())
-        try:
-            yield transaction
-        except BaseException:
-            await self._uncancelled(transaction.rollback())
-            raise
-        await self._uncancelled(transaction.commit())
+        async with self.writing():
+            transaction = self.database.transaction()
+            await self._uncancelled(transaction.start())
+            try:
+                yield transaction
+            except BaseException:
+                await self._uncancelled(transaction.rollback())
+                raise
+            await self._uncancelled(transaction.commit())
 
     async def _uncancelled(self, step) -> None:
         """Run BEGIN, COMMIT or ROLLBACK; if the task is cancelled meanwhile, free the connection.
@@ -430,25 +468,30 @@ class Db:
             raise
 
     async def fetch_all(self, query, values=None):
-        return await self.database.fetch_all(query, values)
+        async with self.writing(_writes(query)):
+            return await self.database.fetch_all(query, values)
 
     async def fetch_dicts(self, query, values=None) -> list[dict]:
         """Rows as plain dicts: many times cheaper to read than `databases` Records, for big results."""
-        rows = await self.database.fetch_all(query, values)
+        async with self.writing(_writes(query)):
+            rows = await self.database.fetch_all(query, values)
         if not rows:
             return []
         keys = list(rows[0]._mapping.keys())
         return [dict(zip(keys, row._mapping.values())) for row in rows]
 
     async def fetch_one(self, query, values=None):
-        return await self.database.fetch_one(query, values)
+        async with self.writing(_writes(query)):
+            return await self.database.fetch_one(query, values)
 
     async def fetch_val(self, query, values=None):
-        return await self.database.fetch_val(query, values)
+        async with self.writing(_writes(query)):
+            return await self.database.fetch_val(query, values)
 
     async def execute(self, query, values=None):
         """Run a statement; its return value is backend-specific, so callers use RETURNING."""
-        return await self.database.execute(query, values)
+        async with self.writing(_writes(query)):
+            return await self.database.execute(query, values)
 
     # The hot paths (inserting a job's customers, recording a batch) skip SQLAlchemy: compiling
     # a statement costs milliseconds, and on SQLite every driver call is a trip to the
@@ -457,7 +500,7 @@ class Db:
     async def raw_fetch(self, sql: str, params: dict | None = None) -> list[tuple]:
         """Rows (as tuples) of one statement; on SQLite one trip to the connection's thread."""
         params = params or {}
-        async with self.database.connection() as connection:
+        async with self.writing(_writes(sql)), self.database.connection() as connection:
             raw = connection.raw_connection
             if self.is_sqlite:
                 return list(await raw.execute_fetchall(sql, params))
@@ -466,7 +509,7 @@ class Db:
 
     async def insert_rows(self, table: str, columns: tuple[str, ...], rows: list[tuple]) -> None:
         """Many rows into one table, the fastest way each driver has (COPY on PostgreSQL)."""
-        async with self.database.connection() as connection:
+        async with self.writing(), self.database.connection() as connection:
             raw = connection.raw_connection
             if self.is_sqlite:
                 await raw.executemany(_insert_sql(table, columns), rows)
@@ -475,7 +518,7 @@ class Db:
 
     async def raw_executemany(self, sql: str, rows: list[dict]) -> None:
         """One statement for each parameter set, in one driver call."""
-        async with self.database.connection() as connection:
+        async with self.writing(_writes(sql)), self.database.connection() as connection:
             raw = connection.raw_connection
             if self.is_sqlite:
                 await raw.executemany(sql, rows)
