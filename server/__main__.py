@@ -14,7 +14,7 @@ from .config import ConfigError, load_settings
 def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from .app import DEMO_USERS, create_app
+    from .app import DEMO_USERS, UVICORN_OPTIONS, create_app
 
     settings = load_settings()
     display_host = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host
@@ -30,7 +30,7 @@ def _serve(args: argparse.Namespace) -> int:
     if settings.embedded_simulator:
         print(f"  simulated cluster 'sim' at {url}/sim", flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level=settings.log_level.lower(),
-                ws_per_message_deflate=False, proxy_headers=args.proxy_headers, lifespan="on")
+                proxy_headers=args.proxy_headers, **UVICORN_OPTIONS)
     return 0
 
 

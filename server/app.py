@@ -111,6 +111,12 @@ async def _ensure_demo_users(accounts: Accounts) -> None:
                 await accounts.set_password(username, password)
 
 
+# How uvicorn serves the app (`serve` and the tests' servers alike). Socket.IO compresses
+# nothing (a broadcast is encoded once, not deflated per socket) and Engine.IO's own heartbeat
+# finds dead connections, so uvicorn's WebSocket pings would only add a timer per connection.
+UVICORN_OPTIONS = {"lifespan": "on", "ws_per_message_deflate": False, "ws_ping_interval": None}
+
+
 def create_app(settings: Settings, *, self_url: str = "http://127.0.0.1:8000", extra_routes=None):
     """Build the ASGI app: Starlette routes wrapped by the Socket.IO server."""
     realtime = Realtime(settings)

@@ -81,8 +81,13 @@ def speed_up_engineio_writer() -> None:
     async def poll(self):
         """Wait for packets to send to the client."""
         try:
-            async with asyncio.timeout(self.server.ping_interval + self.server.ping_timeout):
+            if self.upgraded:
+                # on a WebSocket, the reader gives up on a silent client after the same time and
+                # then queues None, which ends this wait: no timer per packet is needed
                 packets = [await self.queue.get()]
+            else:
+                async with asyncio.timeout(self.server.ping_interval + self.server.ping_timeout):
+                    packets = [await self.queue.get()]
             self.queue.task_done()
         except (TimeoutError, asyncio.CancelledError):
             raise exceptions.QueueEmpty()

@@ -82,11 +82,12 @@ class ThreadedServer:
     """Runs an ASGI app under uvicorn in a background thread on a free loopback port."""
 
     def __init__(self, app, sock: socket.socket | None = None):
+        from server.app import UVICORN_OPTIONS
+
         self.sock = sock or free_socket()
         self.port = self.sock.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"
-        config = uvicorn.Config(app, log_level="warning", lifespan="on", ws_per_message_deflate=False,
-                                timeout_graceful_shutdown=2)
+        config = uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=2, **UVICORN_OPTIONS)
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
 
