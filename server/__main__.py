@@ -17,6 +17,8 @@ def _serve(args: argparse.Namespace) -> int:
     from .app import DEMO_USERS, UVICORN_OPTIONS, create_app
 
     settings = load_settings()
+    # a clear message (not a traceback from inside uvicorn) when the database cannot be opened
+    asyncio.run(_check_database(settings.database_url))
     display_host = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host
     url = f"http://{display_host}:{args.port}"
     app = create_app(settings, self_url=f"http://127.0.0.1:{args.port}")
@@ -32,6 +34,14 @@ def _serve(args: argparse.Namespace) -> int:
     uvicorn.run(app, host=args.host, port=args.port, log_level=settings.log_level.lower(),
                 proxy_headers=args.proxy_headers, **UVICORN_OPTIONS)
     return 0
+
+
+async def _check_database(url: str) -> None:
+    from .db import Db
+
+    db = Db(url)
+    await db.connect()
+    await db.disconnect()
 
 
 async def _with_accounts(action):
@@ -149,10 +159,15 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     handlers = {"serve": _serve, "create-user": _create_user, "create-token": _create_token,
                 "listen": _listen, "simulator": _simulator}
+    from .db import DatabaseUnavailable
+
     try:
         return handlers[args.command](args)
     except ConfigError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
+        return 2
+    except DatabaseUnavailable as exc:
+        print(f"error: {exc}", file=sys.stderr)
         return 2
 
 

@@ -310,6 +310,10 @@ INTEGRITY_ERRORS = (sa.exc.IntegrityError, sqlite3.IntegrityError,
 MIGRATIONS: dict[int, list[str]] = {}
 
 
+class DatabaseUnavailable(Exception):
+    """The database named by JOBMON_DATABASE_URL could not be opened."""
+
+
 class _ImmediateConnection(aiosqlite.Connection):
     """An aiosqlite connection whose transactions take the write lock at BEGIN.
 
@@ -401,6 +405,14 @@ class Db:
 
     async def connect(self) -> None:
         """Open the connection (pool) and, on SQLite, switch the file to WAL."""
+        try:
+            await self._connect()
+        except (OSError, sqlite3.Error, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            where = DatabaseURL(self.url).obscure_password
+            raise DatabaseUnavailable(f"cannot open the database at JOBMON_DATABASE_URL={where}: "
+                                      f"{exc or type(exc).__name__}") from exc
+
+    async def _connect(self) -> None:
         if self.is_sqlite:
             path = DatabaseURL(self.url).database
             Path(path).parent.mkdir(parents=True, exist_ok=True)

@@ -59,3 +59,4 @@ def test_cli_refusals(server):
     assert not_admin.returncode == 1 and not_admin.stderr.strip() == "error: Only admins can create admin tokens"
     admin_token = cli(server, "create-token", "erin", "--scope", "admin").stdout.strip()
     assert server.client(token=admin_token).get("/api/auth/me").json()["user"]["scope"] == "admin"
+

@@ -85,14 +85,6 @@ def test_an_unwritable_data_dir_is_named(tmp_path):
     assert str(caught.value).startswith("JOBMON_DATA_DIR=") and "JOBMON_SECRET_KEY" in str(caught.value)
 
 
-def serve(tmp_path, **env) -> subprocess.CompletedProcess:
-    """`python -m server serve` with these settings; it must stop before serving anything."""
-    environ = {k: v for k, v in os.environ.items() if not k.startswith("JOBMON_")}
-    environ.update({"PYTHONPATH": str(ROOT), "JOBMON_DATA_DIR": str(tmp_path / "data"), **env})
-    return subprocess.run([sys.executable, "-m", "server", "serve", "--port", str(free_port())], cwd=ROOT,
-                          env=environ, capture_output=True, text=True, timeout=60)
-
-
 @pytest.mark.parametrize("entries, expected", [
     ("{not json", "cannot read it as JSON"),
     ("[]", "expected a non-empty JSON list of clusters"),
@@ -127,6 +119,9 @@ def serve(tmp_path, **env) -> subprocess.CompletedProcess:
     ({"JOBMON_CLUSTERS_FILE": "{clusters}"}, "configuration error: JOBMON_CLUSTERS_FILE='{clusters}': cannot read it"),
     ({"JOBMON_SIM_LATENCY_MS": "fast"},
      "configuration error: JOBMON_SIM_LATENCY_MS='fast' is invalid: expected a non-negative number"),
+    # nothing listens on port 1; the password is not printed
+    ({"JOBMON_DATABASE_URL": "postgresql://jobmon:s3cret-pw@127.0.0.1:1/jobmon"},
+     "error: cannot open the database at JOBMON_DATABASE_URL=postgresql://jobmon:********@127.0.0.1:1/jobmon: "),
 ])
 def test_serve_stops_with_exit_code_2_naming_the_variable(tmp_path, env, expected):
     clusters = tmp_path / "clusters.json"
@@ -136,3 +131,4 @@ def test_serve_stops_with_exit_code_2_naming_the_variable(tmp_path, env, expecte
     assert result.returncode == 2, (result.stdout, result.stderr)
     assert expected.format(clusters=clusters) in result.stderr, result.stderr
     assert "Traceback" not in result.stderr and "Uvicorn running" not in result.stderr
+    assert "s3cret-pw" not in result.stderr
