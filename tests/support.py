@@ -362,6 +362,26 @@ def api_error(response: httpx.Response, status: int) -> dict:
     return error
 
 
+def finished_job(api: Api, cids: list[str], cluster: str = "sim") -> dict:
+    """Start a Set Action and wait until it has finished; the job as it ended."""
+    return api.wait_for(api.start(cids, cluster=cluster)["job_id"])
+
+
+def with_db(server, action):
+    """Run `action(db)` on a connection of our own to the server's database."""
+    from server.db import Db
+
+    async def run():
+        db = Db(server.settings.database_url)
+        await db.connect()
+        try:
+            return await action(db)
+        finally:
+            await db.disconnect()
+
+    return asyncio.run(run())
+
+
 def db_rows(url: str, sql: str, *args) -> list[tuple]:
     """Rows of one SQL query, read straight from a server's database (SQLite path or PostgreSQL URL)."""
     if url.startswith("sqlite:///"):

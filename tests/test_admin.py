@@ -3,7 +3,6 @@ a recount, job details and results, the audit log, users, refusals and bad param
 
 from __future__ import annotations
 
-import asyncio
 import csv
 import io
 import random
@@ -18,6 +17,8 @@ from server.aggregates import AdminStats
 from server.db import Db
 from server.timeutil import now_ms
 from support import LiveServer, database_url, write_clusters_file
+from support import api_error as error
+from support import with_db
 
 BACKENDS = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
 
@@ -30,13 +31,6 @@ SORT_KEYS = {
     "duration": lambda j: (j["duration_ms"], j["job_id"]),
     "status": lambda j: (j["status"], j["created_at"], j["job_id"]),
 }
-
-
-def error(response, status: int) -> dict:
-    assert response.status_code == status, f"{response.status_code} != {status}: {response.text}"
-    body = response.json()["error"]
-    assert set(body) == {"code", "message", "details"} and body["message"]
-    return body
 
 
 def ms(stamp: str) -> int:
@@ -56,20 +50,6 @@ def expected_order(jobs: list[dict], sort: str, order: str) -> list[str]:
     present = sorted((j for j in jobs if key(j)[0] is not None), key=key, reverse=descending)
     missing = sorted((j for j in jobs if key(j)[0] is None), key=lambda j: j["job_id"], reverse=descending)
     return [j["job_id"] for j in present + missing]
-
-
-def with_db(server, action):
-    """Run `action(db)` on a connection of our own to the server's database."""
-
-    async def run():
-        db = Db(server.settings.database_url)
-        await db.connect()
-        try:
-            return await action(db)
-        finally:
-            await db.disconnect()
-
-    return asyncio.run(run())
 
 
 def walk(api, path: str = "/admin/jobs", **params) -> list[dict]:

@@ -13,22 +13,9 @@ from server.config import ConfigError, load_settings
 from server.db import Db
 from server.retention import RetentionTask
 from server.timeutil import now_ms
+from support import with_db
 
 DAY_MS = 86_400_000
-
-
-def with_db(server, action):
-    """Run `action(db)` on a connection of our own to the server's database."""
-
-    async def run():
-        db = Db(server.settings.database_url)
-        await db.connect()
-        try:
-            return await action(db)
-        finally:
-            await db.disconnect()
-
-    return asyncio.run(run())
 
 
 def run_pass(server, days_later: float, **overrides) -> dict:

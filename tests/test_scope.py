@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
 import uuid
 
 import httpx
@@ -11,18 +10,8 @@ import pytest
 import socketio
 
 from server.simulator import app_status_for
-
-
-def error(response: httpx.Response, status: int) -> dict:
-    assert response.status_code == status, f"{response.status_code} != {status}: {response.text}"
-    body = response.json()["error"]
-    assert set(body) == {"code", "message", "details"} and body["message"]
-    return body
-
-
-def finished_job(api, cids, cluster="sim") -> dict:
-    job = api.start(cids, cluster=cluster)
-    return api.wait_for(job["job_id"])
+from support import api_error as error
+from support import finished_job
 
 
 # -- customer states -----------------------------------------------------------------------------

@@ -8,6 +8,7 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
+from ..accounts import Principal, Scope
 from ..errors import BadRequest, PayloadTooLarge
 from ..services import Services
 
@@ -25,6 +26,14 @@ class JSONResponse(Response):
 
 def services(request: Request) -> Services:
     return request.state.services
+
+
+async def job_in_path(request: Request, scope: Scope) -> tuple[Principal, dict]:
+    """The caller and the job named by the path's {job_id}: 404 if missing, 403 if someone else's."""
+    s = services(request)
+    principal = await s.auth.require(request, scope)
+    job = await s.jobs.get_for(request.path_params["job_id"], principal.user_id, principal.is_admin)
+    return principal, job
 
 
 async def read_body(request: Request, limit: int) -> bytes:

@@ -8,12 +8,12 @@ import uuid
 from starlette.requests import Request
 from starlette.routing import Route
 
-from ..accounts import Principal, Scope
+from ..accounts import Scope
 from ..actions import ACTIONS, parse_cid_csv, parse_cid_text, resolve_action, validate_cids
 from ..errors import BadRequest, Conflict, PayloadTooLarge
 from ..jobs import CustomerStatus, JobStatus, decode_cursor
 from ..stats import daily_figures, job_stats
-from .common import JSONResponse, client_ip, json_object, query_int, query_text, read_body, services
+from .common import JSONResponse, client_ip, job_in_path, json_object, query_int, query_text, services
 
 IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,200}$")
 UPSTREAM_TOKEN = re.compile(r"^[\x21-\x7e]{1,4096}$")
@@ -139,23 +139,16 @@ async def my_jobs(request: Request) -> JSONResponse:
     return JSONResponse(page)
 
 
-async def _job_for(request: Request, scope: Scope) -> tuple[Principal, dict]:
-    s = services(request)
-    principal = await s.auth.require(request, scope)
-    job = await s.jobs.get_for(request.path_params["job_id"], principal.user_id, principal.is_admin)
-    return principal, job
-
-
 async def get_job(request: Request) -> JSONResponse:
     """One job (the owner's or, for admins, anyone's) with its customers grouped by outcome."""
-    _, job = await _job_for(request, Scope.READ)
+    _, job = await job_in_path(request, Scope.READ)
     summary = await services(request).jobs.customer_summary(job["job_id"])
     return JSONResponse({"job": job, "customer_summary": summary})
 
 
 async def job_customers(request: Request) -> JSONResponse:
     """The job's customers in order, filterable by status, one page per cursor."""
-    _, job = await _job_for(request, Scope.READ)
+    _, job = await job_in_path(request, Scope.READ)
     status = query_text(request, "status", 16)
     if status is not None:
         status = status.upper()
@@ -173,7 +166,7 @@ async def job_customers(request: Request) -> JSONResponse:
 async def cancel_job(request: Request) -> JSONResponse:
     """Cancel a queued or running job; customers not yet sent become SKIPPED."""
     s = services(request)
-    principal, job = await _job_for(request, Scope.WRITE)
+    principal, job = await job_in_path(request, Scope.WRITE)
     updated = await s.jobs.request_cancel(job["job_id"])
     await s.audit.record("cancel", user_id=principal.user_id, username=principal.username,
                          subject=job["job_id"], ip=client_ip(request))
@@ -183,7 +176,7 @@ async def cancel_job(request: Request) -> JSONResponse:
 async def retry_job(request: Request) -> JSONResponse:
     """Run the job's failed customers again, as a new job pointing back at this one."""
     s = services(request)
-    principal, job = await _job_for(request, Scope.WRITE)
+    principal, job = await job_in_path(request, Scope.WRITE)
     if job["status"] not in (JobStatus.FAILED.value, JobStatus.PARTIAL.value, JobStatus.CANCELLED.value):
         raise Conflict(f"Only a finished job with failures can be retried; this one is {job['status']}")
     cids = await s.jobs.failed_cids(job["job_id"])

@@ -7,32 +7,25 @@ from starlette.requests import Request
 from starlette.routing import Route
 
 from .. import db as tables
-from ..accounts import Principal, Scope
+from ..accounts import Scope
 from ..actions import validate_cids
 from ..errors import BadRequest, Forbidden
 from ..scope import parse_app, parse_ttl
-from .common import JSONResponse, client_ip, json_object, query_bool, services
+from .common import JSONResponse, client_ip, job_in_path, json_object, query_bool, services
 
 INVALIDATE_FIELDS = {"job_id", "cids", "app", "cluster", "all"}
 
 
-async def _job_for(request: Request, scope: Scope) -> tuple[Principal, dict]:
-    s = services(request)
-    principal = await s.auth.require(request, scope)
-    job = await s.jobs.get_for(request.path_params["job_id"], principal.user_id, principal.is_admin)
-    return principal, job
-
-
 async def job_actions(request: Request) -> JSONResponse:
     """The cluster's state of each of the job's customers, with the job's own result beside it."""
-    _, job = await _job_for(request, Scope.READ)
+    _, job = await job_in_path(request, Scope.READ)
     return JSONResponse(await services(request).scope.actions(job))
 
 
 async def job_appstatus(request: Request) -> JSONResponse:
     """The app status of the job's customers, from the cache where fresh, else from the cluster."""
     s = services(request)
-    _, job = await _job_for(request, Scope.READ)
+    _, job = await job_in_path(request, Scope.READ)
     app = parse_app(request.query_params.get("app"))
     ttl = parse_ttl(request.query_params.get("ttl_seconds"), s.settings.appstatus_ttl)
     skip_cache = query_bool(request, "skip_cache", False)
