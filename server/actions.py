@@ -31,7 +31,11 @@ _BY_ALIAS = {alias: action for action in ACTIONS for alias in action.aliases}
 _BY_CODE = {action.code: action for action in ACTIONS}
 
 CID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$")
-CSV_CID_HEADERS = {"cid", "cids", "customer_id", "customer", "customerid", "customer id"}
+# Header cells naming the CID column (compared lower-cased). A first row without one is data:
+# a header word not listed here that looks like a CID would be taken for a customer.
+# web/js/format.js keeps the same list for the count it shows before sending.
+CSV_CID_HEADERS = {"cid", "cids", "customer_id", "customer_ids", "customer", "customers", "customerid",
+                   "customer id", "account", "accounts", "account_id", "accountid", "account id", "id"}
 
 
 def resolve_action(raw: object) -> Action:

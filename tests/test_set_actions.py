@@ -159,7 +159,7 @@ def test_csv_upload(server, alice, sim):
     headless = upload(api, b"C7,ignored\nC8\nC9,,\n").json()["job"]
     assert customers(api, headless["job_id"]) == ["C7", "C8", "C9"]
     assert headless["batch_id"] != job["batch_id"]
-    for header in ("CID", "cid", "customer id", "Customer"):
+    for header in ("CID", "cid", "customer id", "Customer", "Account", "account_id", "ID"):
         answer = upload(api, f"{header}\nC3\n".encode()).json()["job"]
         assert customers(api, answer["job_id"]) == ["C3"], header
     # typed CIDs in a multipart form (no file)

@@ -19,10 +19,12 @@ export function badgeClass(status) {
   return `badge badge-${String(status || 'unknown').toLowerCase().replace(/[^a-z_-]/g, '')}`;
 }
 
-/** "HTTP 401 - message" for a failed or partial job (just the message without an HTTP status). */
+/** "HTTP 401 - message" for a failed or partial job (just the message without an HTTP status,
+ * or when the message already starts with it, as the server's own upstream errors do). */
 export function failureText(job) {
   const message = job.error_message || 'failed on the cluster';
-  return job.http_status ? `HTTP ${job.http_status} - ${message}` : message;
+  const prefix = `HTTP ${job.http_status}`;
+  return job.http_status && !message.startsWith(prefix) ? `${prefix} - ${message}` : message;
 }
 
 /** The first 8 characters of a UUID, enough to tell jobs apart on screen. */
@@ -82,7 +84,11 @@ export function progressText(job) {
 // -- CIDs: the same rules as server/actions.py, so the confirmation shows the count the server will use
 
 export const CID_PATTERN = /^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$/;
-const CID_HEADERS = new Set(['cid', 'cids', 'customer_id', 'customer', 'customerid', 'customer id']);
+// the same list as CSV_CID_HEADERS in server/actions.py
+const CID_HEADERS = new Set([
+  'cid', 'cids', 'customer_id', 'customer_ids', 'customer', 'customers', 'customerid', 'customer id',
+  'account', 'accounts', 'account_id', 'accountid', 'account id', 'id',
+]);
 
 /** {cids, invalid} from values: trimmed, validated, de-duplicated in order. */
 export function cleanCids(values) {

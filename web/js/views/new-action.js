@@ -23,7 +23,7 @@ export function mount(root) {
   const token = el('input', { type: 'password', id: 'na-token', name: 'upstream_token', autocomplete: 'off',
     maxlength: 4096 });
   const typedField = field('Customer IDs', cids, 'One per line, or separated by commas, semicolons or spaces.');
-  const csvField = field('CSV file', file, 'A column headed cid or customer_id, or the IDs in the first column. Up to 5 MB.');
+  const csvField = field('CSV file', file, 'A column headed cid, customer_id or account_id, or the IDs in the first column. Up to 5 MB.');
   csvField.hidden = true;
   const formStatus = notice('error');
   const review = el('button', { type: 'submit', class: 'btn btn-primary', id: 'na-review', text: 'Review…' });
