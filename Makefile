@@ -6,7 +6,7 @@ INSTALLED := $(VENV)/.installed
 NPM_DIRS := $(wildcard web/package.json tests/js/package.json)
 NPM_STAMPS := $(NPM_DIRS:package.json=node_modules/.installed)
 
-.PHONY: setup serve test bench
+.PHONY: setup serve test bench screenshots
 
 setup: $(INSTALLED) $(NPM_STAMPS)
 
@@ -29,6 +29,10 @@ serve: setup
 # The whole test suite (PostgreSQL, Redis and Chromium tests skip when those are missing, unless CI=true).
 test: setup
 	$(PY) -m pytest
+
+# The README's screenshots (docs/*.png), taken by the browser tests.
+screenshots: setup
+	JOBMON_SCREENSHOTS=docs $(PY) -m pytest tests/test_browser.py
 
 # Benchmarks print their figures; run on demand, e.g. `make bench BENCH=core`.
 bench: setup

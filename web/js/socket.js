@@ -14,6 +14,7 @@ let options = {};
 let everConnected = false;
 let refusedTimer = null;
 let ticker = null;
+let fetchingEarlierAlerts = false;
 const subscriptions = new Set();
 
 function setState(state, reason = '') {
@@ -77,7 +78,7 @@ const handlers = {
     publish('stats', payload);
   },
   'job-alert'(payload) {
-    publish('alert', payload);
+    publish('alert', fetchingEarlierAlerts && payload ? { ...payload, earlier: true } : payload);
   },
   'appstatus-update'(payload) {
     live.lastDataAt = Date.now();
@@ -112,16 +113,23 @@ async function afterConnect(first, downSince) {
   } else {
     // nothing to resume from: data loaded before this connection may have missed events
     publish('resync', { reason: first ? 'connected' : 'reconnected', connectedAt: live.connectedAt });
+    if (first && options.recentAlertsMs) {
+      // a page opened after an alert still shows it: ask for the alerts of the last while
+      const since = new Date(Date.now() - options.recentAlertsMs).toISOString();
+      fetchingEarlierAlerts = true; // they arrive before the ack
+      request('resume', { alerts_since: since }).catch(() => {}).finally(() => { fetchingEarlierAlerts = false; });
+    }
   }
 }
 
 /**
  * Connect (again). token: an API token for `auth` (wallboards); resume: replay missed job events
- * after a reconnect; onRefused({code, message}) → true to keep retrying.
+ * after a reconnect; recentAlertsMs: on the first connect, also receive the alerts raised in the
+ * last this many ms; onRefused({code, message}) → true to keep retrying.
  */
-export function connect({ token = null, resume = true, onRefused = null } = {}) {
+export function connect({ token = null, resume = true, recentAlertsMs = 0, onRefused = null } = {}) {
   disconnect();
-  options = { token, resume, onRefused };
+  options = { token, resume, recentAlertsMs, onRefused };
   everConnected = false;
   live.disconnectedAt = 0;
   setState('connecting');

@@ -65,6 +65,7 @@ export function installAlertToasts(node, jobLink = null) {
     if (seen.has(key)) return; // a replay or a second tab's echo
     seen.add(key);
     if (seen.size > 500) seen.delete(seen.values().next().value);
+    if (alert.earlier) return; // raised before the page opened, fetched for its alert list: not news
     const title = KIND_TITLES[alert.kind] || 'Alert';
     const when = alert.at ? ` (${formatTime(alert.at)})` : '';
     const href = alert.job_id && jobLink ? jobLink(alert.job_id) : null;

@@ -15,6 +15,7 @@ const MAX_RUNNING_SHOWN = 10;
 const MAX_RUNNING_KEPT = 500;
 const MAX_FAILURES = 8;
 const MAX_ALERTS = 6;
+const RECENT_ALERTS_MS = 3_600_000; // a wallboard opened now lists the last hour's alerts
 const REFETCH_MS = 60_000; // a full refetch now and then keeps days-long sessions exact
 const RETRY_ME_MS = 15_000;
 
@@ -181,7 +182,9 @@ async function start() {
   on('job', onJob);
   on('stats', (stats) => { renderCounts(stats); });
   on('alert', (alert) => {
+    if (!alert || alerts.some((shown) => shown.alert_id === alert.alert_id)) return; // replayed
     alerts.unshift(alert);
+    alerts.sort((a, b) => String(b.at).localeCompare(String(a.at)));
     alerts.splice(MAX_ALERTS);
     scheduleRender();
   });
@@ -190,7 +193,7 @@ async function start() {
   on('resync', () => refetch());
   on('connection', renderClock);
   on('refused', (refusal) => banner(`Connection refused: ${refusal.message}. Retrying…`, 'error'));
-  connect({ token, resume: true, onRefused: () => true });
+  connect({ token, resume: true, recentAlertsMs: RECENT_ALERTS_MS, onRefused: () => true });
   setInterval(() => {
     if (live.state === 'live') {
       refetch();
