@@ -71,7 +71,9 @@ def speed_up_engineio_writer() -> None:
     Engine.IO's `AsyncSocket.poll` waits for the next packet with `asyncio.wait_for`, which on
     Python 3.11 wraps every wait in a new Task: one per packet a socket is sent. In bench_fanout
     that was about a third of the server's CPU. This is the same method with `asyncio.timeout`
-    (what `wait_for` itself became in Python 3.12, where nothing is replaced).
+    (what `wait_for` itself became in Python 3.12, where nothing is replaced), and on a WebSocket
+    without a timer at all: there the reader loop already gives up on a silent client after the
+    same time and queues None, which ends the wait. Checked against python-engineio 4.x.
     """
     from engineio import async_socket, exceptions
 
