@@ -215,6 +215,7 @@ class Simulator:
     def __init__(self, knobs: SimulatorKnobs | None = None, rng: random.Random | None = None):
         self._initial_knobs = copy.deepcopy(knobs or SimulatorKnobs())
         self.rng = rng or random.Random()
+        self._in_flight = 0  # set-action calls open now (not reset: some may still be running)
         self.reset()
 
     def reset(self) -> None:
@@ -226,6 +227,7 @@ class Simulator:
         self._stored_results = 0
         self.stats: dict[str, Any] = {
             "set_action_calls": 0,
+            "set_action_max_in_flight": 0,  # the most set-action calls open at once
             "duplicate_batches": 0,
             "customers_applied": 0,
             "states_calls": 0,
@@ -283,6 +285,14 @@ class Simulator:
     async def set_action(self, request: Request) -> Response:
         """POST /tms/v1/set-action: apply an action to customers, once per request_id."""
         self.stats["set_action_calls"] += 1
+        self._in_flight += 1
+        self.stats["set_action_max_in_flight"] = max(self.stats["set_action_max_in_flight"], self._in_flight)
+        try:
+            return await self._set_action(request)
+        finally:
+            self._in_flight -= 1
+
+    async def _set_action(self, request: Request) -> Response:
         if (denied := await self._gate(request)) is not None:
             return denied
         body = await self._json_object(request)
