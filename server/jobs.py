@@ -302,10 +302,11 @@ class JobStore:
         return [{"status": r.status, "http_status": r.http_status, "count": r.n, "example_error": r.error}
                 for r in rows]
 
-    async def failed_cids(self, job_id: str) -> list[str]:
+    async def cids_with_status(self, job_id: str, statuses: Iterable[CustomerStatus]) -> list[str]:
+        """The job's customers in these statuses, in the job's order."""
         c = tables.job_customers
         rows = await self.db.fetch_all(sa.select(c.c.cid).where(
-            c.c.job_id == job_id, c.c.status == CustomerStatus.FAILED.value).order_by(c.c.seq))
+            c.c.job_id == job_id, c.c.status.in_([s.value for s in statuses])).order_by(c.c.seq))
         return [r.cid for r in rows]
 
     async def all_cids(self, job_id: str) -> list[str]:

@@ -241,6 +241,16 @@ def test_new_user_starts_set_actions_typed_and_from_csv_and_watches_them_live(ma
     page.click("#job-cancel")
     expect(page.locator(".job-title .status")).to_have_attribute("data-status", "CANCELLED")
     expect(page.locator("#customer-summary")).to_contain_text("SKIPPED")
+    # ... and can be sent in a new job
+    sim.knobs(latency_ms=0)
+    cancelled_job = api.job(long_job["job_id"])
+    unsent = cancelled_job["customer_count"] - cancelled_job["done"]
+    expect(page.locator("#job-retry")).to_have_count(0)  # nothing failed
+    page.click(f"#job-retry-unsent >> text=Send the {unsent} unsent customers")
+    expect(page).not_to_have_url(re.compile(long_job["job_id"]))
+    expect(page.locator(".job-title .status")).to_have_attribute("data-status", "SUCCESS")
+    expect(page.locator("#job-fields")).to_contain_text("Retry of")
+    expect(page.locator("#customer-list tbody tr")).to_have_count(unsent)
 
     # CSV export of the list
     with watcher.expect_download() as download:

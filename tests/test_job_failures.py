@@ -195,10 +195,24 @@ def test_cancel_queued_and_running_jobs(make_server, sim):
         assert error(api.post(f"/api/jobs/{job_id}/retry"), 409)["message"] == \
             "This job has no failed customers to retry"
     sim.knobs(latency_ms=0)
+
+    # the customers a cancel kept from being sent can be sent again, as a new job
+    assert error(api.post(f"/api/jobs/{running['job_id']}/retry", json={"include_skipped": "yes"}), 400)[
+        "details"] == {"field": "include_skipped"}
+    rest = api.post(f"/api/jobs/{running['job_id']}/retry", json={"include_skipped": True}).json()["job"]
+    assert (rest["customer_count"], rest["parent_job_id"]) == (skipped, running["job_id"])
+    assert [c["cid"] for c in customer_rows(api, rest["job_id"])] == [c["cid"] for c in rows[job["done"]:]]
+    assert api.wait_for(rest["job_id"])["status"] == "SUCCESS"
+    assert sim.stats()["customers_applied"] == 60  # each customer once: the first job's, then the rest
+    queued_rest = api.post(f"/api/jobs/{queued['job_id']}/retry", json={"include_skipped": True}).json()["job"]
+    assert api.wait_for(queued_rest["job_id"])["status"] == "SUCCESS"
+    assert error(api.post(f"/api/jobs/{rest['job_id']}/retry", json={"include_skipped": True}), 409)[
+        "message"].endswith("this one is SUCCESS")
+
     done = api.wait_for(api.start(["C1"])["job_id"])
     assert error(api.post(f"/api/jobs/{done['job_id']}/cancel"), 409)["code"] == "conflict"
     stats = api.get("/api/stats/mine").json()["counts"]
-    assert (stats["CANCELLED"], stats["SUCCESS"], stats["QUEUED"], stats["IN_PROGRESS"]) == (2, 1, 0, 0)
+    assert (stats["CANCELLED"], stats["SUCCESS"], stats["QUEUED"], stats["IN_PROGRESS"]) == (2, 3, 0, 0)
 
 
 def test_retry_failed_customers(make_server, sim):

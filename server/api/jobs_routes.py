@@ -174,26 +174,36 @@ async def cancel_job(request: Request) -> JSONResponse:
 
 
 async def retry_job(request: Request) -> JSONResponse:
-    """Run the job's failed customers again, as a new job pointing back at this one."""
+    """Run the job's failed customers again, as a new job pointing back at this one.
+
+    With `include_skipped: true`, also the customers a cancel kept from being sent.
+    """
     s = services(request)
     principal, job = await job_in_path(request, Scope.WRITE)
     if job["status"] not in (JobStatus.FAILED.value, JobStatus.PARTIAL.value, JobStatus.CANCELLED.value):
         raise Conflict(f"Only a finished job with failures can be retried; this one is {job['status']}")
-    cids = await s.jobs.failed_cids(job["job_id"])
-    if not cids:
-        raise Conflict("This job has no failed customers to retry")
     has_body = request.headers.get("content-length", "0") != "0" or "transfer-encoding" in request.headers
     body = await json_object(request) if has_body else {}  # the body is optional here
+    include_skipped = body.get("include_skipped", False)
+    if not isinstance(include_skipped, bool):
+        raise BadRequest("'include_skipped' must be true or false", code="validation_error",
+                         details={"field": "include_skipped"})
     key = _idempotency_key(request)
     token = _upstream_token(body.get("upstream_token"))  # checked before anything is stored
+    wanted = [CustomerStatus.FAILED, CustomerStatus.SKIPPED] if include_skipped else [CustomerStatus.FAILED]
+    cids = await s.jobs.cids_with_status(job["job_id"], wanted)
+    if not cids:
+        raise Conflict("This job has no failed or unsent customers to retry" if include_skipped
+                       else "This job has no failed customers to retry")
     new_job, created = await s.jobs.create_job(
         user_id=job["user_id"], action=resolve_action(job["action_code"]), cluster=job["cluster"], cids=cids,
         batch_size=s.settings.batch_size, idempotency_key=key, parent_job_id=job["job_id"])
     if created:
         s.runner.submit(new_job["job_id"], token)
         await s.audit.record("retry", user_id=principal.user_id, username=principal.username,
-                             subject=new_job["job_id"], detail={"parent_job_id": job["job_id"],
-                                                                "customers": len(cids)}, ip=client_ip(request))
+                             subject=new_job["job_id"], detail={"parent_job_id": job["job_id"], "customers": len(cids),
+                                                                "include_skipped": include_skipped},
+                             ip=client_ip(request))
     return JSONResponse({"job": new_job}, status_code=202)
 
 

@@ -77,15 +77,19 @@ export function mount(root, { match }) {
       row('Retry of', link(job.parent_job_id)));
     const cancellable = ACTIVE_STATUSES.has(job.status) && !job.cancel_requested;
     const retryable = ['FAILED', 'PARTIAL', 'CANCELLED'].includes(job.status) && job.failed > 0;
+    // a cancelled job's customers that were never sent (SKIPPED) can be sent in a new job too
+    const unsent = job.status === 'CANCELLED' ? job.customer_count - job.done : 0;
     // rebuilt only when they change: a button replaced on every progress event could not be clicked
-    const buttonsKey = `${cancellable}|${job.cancel_requested}|${job.status}|${retryable ? job.failed : 0}`;
+    const buttonsKey = `${cancellable}|${job.cancel_requested}|${job.status}|${retryable ? job.failed : 0}|${unsent}`;
     if (buttonsKey === buttons.dataset.key) return;
     buttons.dataset.key = buttonsKey;
     replace(buttons,
       cancellable ? el('button', { type: 'button', class: 'btn btn-danger', id: 'job-cancel', text: 'Cancel job', onclick: cancel }) : null,
       job.cancel_requested && ACTIVE_STATUSES.has(job.status) ? el('span', { class: 'hint', text: 'Cancelling…' }) : null,
       retryable ? el('button', { type: 'button', class: 'btn btn-primary', id: 'job-retry',
-        text: `Retry ${formatCount(job.failed)} failed customer${job.failed === 1 ? '' : 's'}`, onclick: retry }) : null,
+        text: `Retry ${formatCount(job.failed)} failed customer${job.failed === 1 ? '' : 's'}`, onclick: () => retry(false) }) : null,
+      unsent > 0 ? el('button', { type: 'button', class: 'btn btn-primary', id: 'job-retry-unsent',
+        text: unsentLabel(unsent, job.failed), onclick: () => retry(true) }) : null,
       el('a', { class: 'btn', href: `#/scope/customers?job=${encodeURIComponent(job.job_id)}`, text: 'Customer status' }),
       el('a', { class: 'btn', href: `#/scope/apps?job=${encodeURIComponent(job.job_id)}`, text: 'App status' }));
   }
@@ -169,10 +173,16 @@ export function mount(root, { match }) {
     }
   }
 
-  async function retry() {
+  function unsentLabel(unsent, failed) {
+    const total = unsent + failed;
+    const noun = `customer${total === 1 ? '' : 's'}`;
+    return failed > 0 ? `Retry ${formatCount(total)} failed and unsent ${noun}` : `Send the ${formatCount(unsent)} unsent ${noun}`;
+  }
+
+  async function retry(includeSkipped) {
     try {
       const answer = await api(`/api/jobs/${encodeURIComponent(jobId)}/retry`, { method: 'POST',
-        headers: { 'Idempotency-Key': randomKey() } });
+        headers: { 'Idempotency-Key': randomKey() }, json: { include_skipped: includeSkipped } });
       rememberJob(answer.job);
       toast({ severity: 'success', title: 'Retry started',
         message: `${formatCount(answer.job.customer_count)} customers in a new job`,
