@@ -217,17 +217,8 @@ class LiveServer:
 
     def _accounts(self, action):
         from server.accounts import Accounts
-        from server.db import Db
 
-        async def run():
-            db = Db(self.settings.database_url)
-            await db.connect()
-            try:
-                return await action(Accounts(db))
-            finally:
-                await db.disconnect()
-
-        return asyncio.run(run())
+        return on_database(self.settings.database_url, lambda db: action(Accounts(db)))
 
     def create_user(self, username: str, role: str = "user", password: str = "correct-horse") -> dict:
         user = self._accounts(lambda accounts: accounts.create_user(username, password, role))
@@ -367,19 +358,40 @@ def finished_job(api: Api, cids: list[str], cluster: str = "sim") -> dict:
     return api.wait_for(api.start(cids, cluster=cluster)["job_id"])
 
 
-def with_db(server, action):
-    """Run `action(db)` on a connection of our own to the server's database."""
-    from server.db import Db
+def on_database(url: str, action):
+    """Run `action(db)` on a connection of our own to the database at `url` (migrated first)."""
+    from server.db import Db, migrate
 
     async def run():
-        db = Db(server.settings.database_url)
+        db = Db(url)
         await db.connect()
         try:
+            await migrate(db)
             return await action(db)
         finally:
             await db.disconnect()
 
     return asyncio.run(run())
+
+
+def with_db(server, action):
+    """Run `action(db)` on a connection of our own to the server's database."""
+    return on_database(server.settings.database_url, action)
+
+
+def users_with_tokens(url: str, usernames: list[str], password: str = "correct-horse") -> list[tuple[dict, str]]:
+    """New users, each with a write token, made straight in the database at `url`."""
+    from server.accounts import Accounts, Scope
+
+    async def make(db) -> list[tuple[dict, str]]:
+        accounts = Accounts(db)
+        made = []
+        for username in usernames:
+            user = await accounts.create_user(username, password)
+            made.append((user, (await accounts.create_token(user["id"], "user", Scope.WRITE, "test"))["token"]))
+        return made
+
+    return on_database(url, make)
 
 
 def db_rows(url: str, sql: str, *args) -> list[tuple]:

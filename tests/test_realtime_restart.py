@@ -7,29 +7,9 @@ import asyncio
 import pytest
 
 from realtime_client import SioClient
-from support import Api, SubprocessServer, database_url, db_rows, free_port, write_clusters_file
+from support import Api, SubprocessServer, database_url, db_rows, free_port, users_with_tokens, write_clusters_file
 
 pytestmark = pytest.mark.asyncio
-
-
-def make_user(url: str) -> tuple[dict, str]:
-    """A user and a write token, straight in the database the servers will use."""
-    from server.accounts import Accounts, Scope
-    from server.db import Db, migrate
-
-    async def run():
-        db = Db(url)
-        await db.connect()
-        try:
-            await migrate(db)
-            accounts = Accounts(db)
-            user = await accounts.create_user("alice", "correct-horse")
-            token = await accounts.create_token(user["id"], "user", Scope.WRITE, "restart-test")
-            return user, token["token"]
-        finally:
-            await db.disconnect()
-
-    return asyncio.run(run())
 
 
 async def test_after_a_kill_and_restart_resuming_clients_get_every_event_once_in_order(backend, tmp_path, sim):
@@ -39,7 +19,7 @@ async def test_after_a_kill_and_restart_resuming_clients_get_every_event_once_in
            "JOBMON_CLUSTERS_FILE": str(clusters), "JOBMON_LEASE_SECONDS": "1", "JOBMON_BATCH_CONCURRENCY": "1",
            "JOBMON_LOG_LEVEL": "WARNING"}
     port = free_port()
-    user, token = await asyncio.to_thread(make_user, url)
+    [(user, token)] = await asyncio.to_thread(users_with_tokens, url, ["alice"])
     first = await asyncio.to_thread(SubprocessServer(env, port).start)
     second = None
     api = Api(first.url)

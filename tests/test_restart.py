@@ -11,7 +11,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from support import SubprocessServer, ThreadedServer, database_url, db_rows, write_clusters_file
+from support import SubprocessServer, ThreadedServer, database_url, db_rows, users_with_tokens, write_clusters_file
 
 CUSTOMERS = 200
 BATCH_SIZE = 10
@@ -47,25 +47,6 @@ class AnswerLosingProxy:
         self.server.stop()
 
 
-def create_token(url: str, data_dir: str) -> str:
-    """A write token of a new user, made straight in the database the servers share."""
-    from server.accounts import Accounts, Scope
-    from server.db import Db, migrate
-
-    async def run() -> str:
-        db = Db(url)
-        await db.connect()
-        try:
-            await migrate(db)
-            accounts = Accounts(db)
-            user = await accounts.create_user("alice", "correct-horse")
-            return (await accounts.create_token(user["id"], "user", Scope.WRITE, "restart"))["token"]
-        finally:
-            await db.disconnect()
-
-    return asyncio.run(run())
-
-
 def test_killed_server_finishes_the_job_after_a_restart(backend, tmp_path, sim):
     url, handle = database_url(backend, tmp_path)
     env = {
@@ -80,7 +61,7 @@ def test_killed_server_finishes_the_job_after_a_restart(backend, tmp_path, sim):
     proxy = AnswerLosingProxy(sim.url)
     env["JOBMON_CLUSTERS_FILE"] = str(write_clusters_file(tmp_path / "clusters.json", {"sim": proxy.url}))
     try:
-        token = create_token(url, env["JOBMON_DATA_DIR"])
+        [(_, token)] = users_with_tokens(url, ["alice"])
         headers = {"Authorization": f"Bearer {token}"}
         sim.knobs(latency_ms=30)
         first = SubprocessServer(env)

@@ -14,6 +14,14 @@ from support import api_error as error
 from support import finished_job
 
 
+async def refreshing_stopped(sim) -> None:
+    """Assert no more app-status calls come (a watch with a 1 s TTL would refresh within 1.3 s)."""
+    await asyncio.sleep(0.3)
+    calls = sim.stats()["appstatus_batch_calls"]
+    await asyncio.sleep(1.3)
+    assert sim.stats()["appstatus_batch_calls"] == calls
+
+
 # -- customer states -----------------------------------------------------------------------------
 
 
@@ -222,24 +230,15 @@ async def test_watch_keeps_app_status_fresh_until_nobody_watches(server, watched
         assert sim.stats()["appstatus_batch_calls"] >= 2
 
         assert await watcher.call("unwatch-appstatus", {"job_id": job["job_id"]}) == {"ok": True}
-        await asyncio.sleep(0.3)
-        calls = sim.stats()["appstatus_batch_calls"]
-        await asyncio.sleep(1.3)
-        assert sim.stats()["appstatus_batch_calls"] == calls
+        await refreshing_stopped(sim)
 
         # watching again, then leaving the room, stops it too
         await watcher.call("watch-appstatus", {"job_id": job["job_id"], "ttl_seconds": 1})
         await watcher.next_event(timeout=5)
         assert await watcher.call("unsubscribe", {"job_id": job["job_id"]}) == {"ok": True}
-        await asyncio.sleep(0.3)
-        calls = sim.stats()["appstatus_batch_calls"]
-        await asyncio.sleep(1.3)
-        assert sim.stats()["appstatus_batch_calls"] == calls
+        await refreshing_stopped(sim)
 
         await watcher.call("watch-appstatus", {"job_id": job["job_id"], "ttl_seconds": 1})
         await watcher.next_event(timeout=5)
     # disconnected: the watch ends with it
-    await asyncio.sleep(0.3)
-    calls = sim.stats()["appstatus_batch_calls"]
-    await asyncio.sleep(1.3)
-    assert sim.stats()["appstatus_batch_calls"] == calls
+    await refreshing_stopped(sim)

@@ -17,7 +17,6 @@ Targets: warm p99 < 50 ms; cold makes at most ceil(customers / batch size) upstr
 from __future__ import annotations
 
 import argparse
-import asyncio
 import math
 import os
 import statistics
@@ -33,7 +32,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
-from support import PostgresDatabase, SubprocessServer, free_port, write_clusters_file  # noqa: E402
+from support import PostgresDatabase, SubprocessServer, free_port, users_with_tokens, write_clusters_file  # noqa: E402
 
 SECRET = "bench-secret-key-0123456789abcdef"
 
@@ -60,23 +59,6 @@ def start_simulator(latency_ms: float) -> tuple[subprocess.Popen, str]:
     raise RuntimeError("the simulator did not start")
 
 
-def make_user_and_token(database_url: str) -> str:
-    from server.accounts import Accounts, Scope
-    from server.db import Db
-
-    async def run() -> str:
-        db = Db(database_url)
-        await db.connect()
-        try:
-            accounts = Accounts(db)
-            user = await accounts.create_user("bench", "bench-password-123")
-            return (await accounts.create_token(user["id"], "user", Scope.WRITE, "bench"))["token"]
-        finally:
-            await db.disconnect()
-
-    return asyncio.run(run())
-
-
 def run(backend: str, customers: int, batch_size: int, concurrency: int, latency_ms: float,
         warm_runs: int, cold_runs: int) -> dict:
     sim_process, sim_url = start_simulator(latency_ms)
@@ -92,7 +74,7 @@ def run(backend: str, customers: int, batch_size: int, concurrency: int, latency
                 "JOBMON_APPSTATUS_BATCH_SIZE": str(batch_size),
                 "JOBMON_APPSTATUS_CONCURRENCY": str(concurrency), "JOBMON_LOG_LEVEL": "WARNING",
             }).start()
-            token = make_user_and_token(url)
+            [(_, token)] = users_with_tokens(url, ["bench"])
             http = httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {token}"}, timeout=120)
             sim = httpx.Client(base_url=sim_url, timeout=10)
             cids = [f"C{n:06d}" for n in range(1, customers + 1)]

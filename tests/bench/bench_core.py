@@ -35,7 +35,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
-from support import PostgresDatabase, SubprocessServer, free_port, write_clusters_file  # noqa: E402
+from support import PostgresDatabase, SubprocessServer, free_port, users_with_tokens, write_clusters_file  # noqa: E402
 
 SECRET = "bench-secret-key-0123456789abcdef"
 FINAL = ("SUCCESS", "PARTIAL", "FAILED", "CANCELLED")
@@ -62,24 +62,6 @@ def start_simulator() -> tuple[subprocess.Popen, str]:
             time.sleep(0.05)
     process.kill()
     raise RuntimeError("the simulator did not start")
-
-
-def make_user_and_token(database_url: str) -> tuple[int, str]:
-    from server.accounts import Accounts, Scope
-    from server.db import Db
-
-    async def run() -> tuple[int, str]:
-        db = Db(database_url)
-        await db.connect()
-        try:
-            accounts = Accounts(db)
-            user = await accounts.create_user("bench", "bench-password-123")
-            token = await accounts.create_token(user["id"], "user", Scope.WRITE, "bench")
-            return user["id"], token["token"]
-        finally:
-            await db.disconnect()
-
-    return asyncio.run(run())
 
 
 def job_rows(user_id: int, count: int) -> list[tuple]:
@@ -158,7 +140,8 @@ def run(backend: str, customers: int, jobs: int, requests: int) -> dict:
                 "JOBMON_DATA_DIR": tmp, "JOBMON_DATABASE_URL": url, "JOBMON_SECRET_KEY": SECRET,
                 "JOBMON_CLUSTERS_FILE": str(clusters), "JOBMON_LOG_LEVEL": "WARNING",
             }).start()
-            user_id, token = make_user_and_token(url)
+            [(user, token)] = users_with_tokens(url, ["bench"])
+            user_id = user["id"]
             http = httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {token}"}, timeout=120)
 
             cids = [f"C{n:06d}" for n in range(1, customers + 1)]

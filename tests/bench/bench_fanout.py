@@ -155,27 +155,6 @@ def _wait_ready(url: str, path: str, process: subprocess.Popen) -> None:
     raise RuntimeError(f"{url} did not start")
 
 
-def _make_users(database_url: str, users: int) -> list[str]:
-    from server.accounts import Accounts, Scope
-    from server.db import Db, migrate
-
-    async def run() -> list[str]:
-        db = Db(database_url)
-        await db.connect()
-        try:
-            await migrate(db)
-            accounts = Accounts(db)
-            tokens = []
-            for i in range(users):
-                user = await accounts.create_user(f"bench{i:03d}", "bench-password")
-                tokens.append((await accounts.create_token(user["id"], "user", Scope.WRITE, "bench"))["token"])
-            return tokens
-        finally:
-            await db.disconnect()
-
-    return asyncio.run(run())
-
-
 def _metric(url: str, prefix: str) -> float:
     """One value of the server's Prometheus metrics (the first line that starts with `prefix`)."""
     import httpx
@@ -213,7 +192,9 @@ def run_once(n: int, args) -> dict:
         processes.append(sim)
         _wait_ready(sim_url, "/_sim/stats", sim)
         httpx.put(sim_url + "/_sim/knobs", json={"latency_ms": args.latency_ms}).raise_for_status()
-        tokens = _make_users(database_url, args.users)
+        from support import users_with_tokens
+
+        tokens = [token for _, token in users_with_tokens(database_url, [f"bench{i:03d}" for i in range(args.users)])]
         # the server's log goes to a file: an unread pipe would fill up and stall the server
         server = subprocess.Popen([sys.executable, "-m", "server", "serve", "--port", str(port)], cwd=ROOT, env=env,
                                   stdout=subprocess.DEVNULL, stderr=open(tmp / "server.log", "w"))
