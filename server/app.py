@@ -14,24 +14,24 @@ from starlette.responses import FileResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from .accounts import Accounts
-from .api import admin_routes, auth_routes, jobs_routes, ops, scope_routes
-from .api.common import JSONResponse
-from .audit import AuditLog
-from .auth import Authenticator
-from .cache import AppStatusCache
-from .clusters import Cluster, ClusterRegistry, load_clusters_file
-from .config import ConfigError, Settings
-from .db import Db, migrate
-from .errors import AppError
-from .jobs import JobStore
-from .realtime import Realtime
-from .retention import RetentionTask
-from .runner import JobRunner
-from .scope import JobScope
-from .services import Services
-from .simulator import create_simulator_app, knobs_from_env
-from .upstream import TmsClient
+from server.accounts.store import Accounts
+from server.api import admin as admin_routes, auth as auth_routes, jobs as jobs_routes, ops, scope as scope_routes
+from server.api.common import OrjsonResponse
+from server.accounts.audit import AuditLog
+from server.accounts.auth import Authenticator
+from server.appstatus.cache import AppStatusCache
+from server.upstream.clusters import Cluster, ClusterRegistry, load_clusters_file
+from server.config import ConfigError, Settings
+from server.db import Db, migrate
+from server.errors import AppError
+from server.jobs.store import JobStore
+from server.realtime.namespace import Realtime
+from server.jobs.retention import RetentionTask
+from server.jobs.runner import JobRunner
+from server.appstatus.scope import JobScope
+from server.services import Services
+from server.sim.cluster import create_simulator_app, knobs_from_env
+from server.upstream.client import TmsClient
 
 logger = logging.getLogger(__name__)
 
@@ -41,19 +41,19 @@ DEMO_USERS = (("demo", "demo-password", "user"), ("admin", "admin-password", "ad
 
 async def _app_error(request: Request, exc: AppError) -> Response:
     headers = {"Retry-After": str(exc.retry_after)} if hasattr(exc, "retry_after") else None
-    return JSONResponse(exc.to_dict(), status_code=exc.status, headers=headers)
+    return OrjsonResponse(exc.to_dict(), status_code=exc.status, headers=headers)
 
 
 async def _http_error(request: Request, exc: HTTPException) -> Response:
     codes = {404: "not_found", 405: "method_not_allowed"}
     body = {"error": {"code": codes.get(exc.status_code, "http_error"), "message": str(exc.detail),
                       "details": None}}
-    return JSONResponse(body, status_code=exc.status_code, headers=getattr(exc, "headers", None))
+    return OrjsonResponse(body, status_code=exc.status_code, headers=getattr(exc, "headers", None))
 
 
 async def _server_error(request: Request, exc: Exception) -> Response:
     logger.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
-    return JSONResponse({"error": {"code": "internal_error", "message": "Internal server error",
+    return OrjsonResponse({"error": {"code": "internal_error", "message": "Internal server error",
                                    "details": None}}, status_code=500)
 
 
@@ -88,7 +88,7 @@ def _page(name: str):
     async def page(request: Request) -> Response:
         path = WEB_DIR / name
         if not path.is_file():
-            return JSONResponse({"error": {"code": "not_found", "message": f"{name} is not built",
+            return OrjsonResponse({"error": {"code": "not_found", "message": f"{name} is not built",
                                            "details": None}}, status_code=404)
         return FileResponse(path, headers={"Cache-Control": "no-cache"})
 

@@ -5,15 +5,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from .accounts import Accounts
-from .audit import AuditLog
-from .auth import Authenticator
-from .clusters import ClusterRegistry
-from .config import Settings
-from .db import Db
-from .jobs import JobStore
-from .runner import JobRunner
-from .upstream import TmsClient
+from server.accounts.store import Accounts
+from server.accounts.audit import AuditLog
+from server.accounts.auth import Authenticator
+from server.upstream.clusters import ClusterRegistry
+from server.config import Settings
+from server.db import Db
+from server.jobs.store import JobStore
+from server.jobs.runner import JobRunner
+from server.upstream.client import TmsClient
 
 
 @dataclass

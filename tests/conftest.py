@@ -4,21 +4,21 @@ from __future__ import annotations
 
 import pytest
 
-from support import Simulator, LiveServer, database_url, write_clusters_file
+from support import SimulatorServer, LiveServer, database_url, write_clusters_file
 
 BACKENDS = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
 
 
 @pytest.fixture(scope="session")
 def simulator_session():
-    sim = Simulator()
+    sim = SimulatorServer()
     yield sim
     sim.stop()
 
 
 @pytest.fixture(scope="session")
 def simulator2_session():
-    sim = Simulator()
+    sim = SimulatorServer()
     yield sim
     sim.stop()
 

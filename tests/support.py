@@ -108,11 +108,11 @@ class ThreadedServer:
         self.sock.close()
 
 
-class Simulator:
+class SimulatorServer:
     """The simulated cluster on its own port, with helpers for its control routes."""
 
     def __init__(self):
-        from server.simulator import create_simulator_app
+        from server.sim.cluster import create_simulator_app
 
         self.app = create_simulator_app()
         self.server = ThreadedServer(self.app).start()
@@ -216,7 +216,7 @@ class LiveServer:
         self.server = ThreadedServer(self.app, sock).start()
 
     def _accounts(self, action):
-        from server.accounts import Accounts
+        from server.accounts.store import Accounts
 
         return on_database(self.settings.database_url, lambda db: action(Accounts(db)))
 
@@ -226,7 +226,7 @@ class LiveServer:
         return user
 
     def create_token(self, user: dict, scope: str = "read", name: str = "test") -> str:
-        from server.accounts import Scope
+        from server.accounts.store import Scope
 
         token = self._accounts(lambda accounts: accounts.create_token(
             user["id"], user["role"], Scope.parse(scope), name))
@@ -381,7 +381,7 @@ def with_db(server, action):
 
 def users_with_tokens(url: str, usernames: list[str], password: str = "correct-horse") -> list[tuple[dict, str]]:
     """New users, each with a write token, made straight in the database at `url`."""
-    from server.accounts import Accounts, Scope
+    from server.accounts.store import Accounts, Scope
 
     async def make(db) -> list[tuple[dict, str]]:
         accounts = Accounts(db)

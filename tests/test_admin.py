@@ -11,9 +11,9 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-import server.admin as admin_module
-from server.api import admin_routes
-from server.aggregates import AdminStats
+import server.admin.queries as admin_module
+from server.api import admin as admin_routes
+from server.stats.aggregates import AdminStats
 from server.db import Db
 from server.timeutil import now_ms
 from support import LiveServer, database_url, write_clusters_file

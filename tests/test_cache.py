@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 
-from server.simulator import app_status_for
+from server.sim.cluster import app_status_for
 from support import api_error as error
 from support import finished_job
 

@@ -74,7 +74,7 @@ async def test_resume_while_events_flow_never_duplicates_or_reorders(make_server
 
 
 async def test_resume_edges_resync_instead_of_guessing(server, alice, admin, sim, monkeypatch):
-    import server.realtime as realtime
+    import server.realtime.namespace as realtime
 
     api = server.client(alice)
     for _ in range(3):

@@ -11,7 +11,7 @@ import pytest
 
 from server.config import ConfigError, load_settings
 from server.db import Db
-from server.retention import RetentionTask
+from server.jobs.retention import RetentionTask
 from server.timeutil import now_ms
 from support import with_db
 

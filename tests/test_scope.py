@@ -9,7 +9,7 @@ import httpx
 import pytest
 import socketio
 
-from server.simulator import app_status_for
+from server.sim.cluster import app_status_for
 from support import api_error as error
 from support import finished_job
 

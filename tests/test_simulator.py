@@ -12,8 +12,8 @@ from starlette.applications import Starlette
 from starlette.routing import Mount
 from starlette.testclient import TestClient
 
-from server import simulator as simulator_module
-from server.simulator import SimulatorKnobs, create_simulator_app, knobs_from_env
+from server.sim import cluster as simulator_module
+from server.sim.cluster import SimulatorKnobs, create_simulator_app, knobs_from_env
 
 
 def make_client(**knobs) -> TestClient:

@@ -7,8 +7,8 @@ import time
 
 import pytest
 
-from server.clusters import Cluster
-from server.upstream import TmsClient, UpstreamError
+from server.upstream.clusters import Cluster
+from server.upstream.client import TmsClient, UpstreamError
 from support import free_port
 
 

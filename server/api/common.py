@@ -8,14 +8,14 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
-from ..accounts import Principal, Scope
-from ..errors import BadRequest, PayloadTooLarge
-from ..services import Services
+from server.accounts.store import Principal, Scope
+from server.errors import BadRequest, PayloadTooLarge
+from server.services import Services
 
 MAX_JSON_BYTES = 64 * 1024
 
 
-class JSONResponse(Response):
+class OrjsonResponse(Response):
     """JSON through orjson: fast, and it refuses NaN instead of writing invalid JSON."""
 
     media_type = "application/json"

@@ -7,23 +7,23 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 
-from .. import db as tables
-from .common import JSONResponse, services
+from server.db import schema as tables
+from server.api.common import OrjsonResponse, services
 
 
-async def healthz(request: Request) -> JSONResponse:
+async def healthz(request: Request) -> OrjsonResponse:
     """The process is up (no dependency checked)."""
-    return JSONResponse({"status": "ok"})
+    return OrjsonResponse({"status": "ok"})
 
 
-async def readyz(request: Request) -> JSONResponse:
+async def readyz(request: Request) -> OrjsonResponse:
     """The database answers: ready to take traffic."""
     s = services(request)
     try:
         await s.db.fetch_val(sa.select(tables.schema_version.c.version))
     except Exception as exc:
-        return JSONResponse({"status": "unavailable", "database": type(exc).__name__}, status_code=503)
-    return JSONResponse({"status": "ready", "node": s.runner.node_id})
+        return OrjsonResponse({"status": "unavailable", "database": type(exc).__name__}, status_code=503)
+    return OrjsonResponse({"status": "ready", "node": s.runner.node_id})
 
 
 async def metrics(request: Request) -> PlainTextResponse:
@@ -44,7 +44,7 @@ async def metrics(request: Request) -> PlainTextResponse:
     return PlainTextResponse("\n".join(lines) + "\n", media_type="text/plain; version=0.0.4")
 
 
-async def openapi(request: Request) -> JSONResponse:
+async def openapi(request: Request) -> OrjsonResponse:
     """A description of every HTTP route, generated from the routes and their docstrings."""
     paths: dict[str, dict] = {}
     for route in request.app.routes:
@@ -56,7 +56,7 @@ async def openapi(request: Request) -> JSONResponse:
         for method in sorted(methods - {"HEAD"}):
             paths.setdefault(route.path, {})[method.lower()] = {
                 "summary": summary, "responses": {"200": {"description": "OK"}}}
-    return JSONResponse({"openapi": "3.0.3", "info": {"title": "Job Monitor", "version": "1.0"},
+    return OrjsonResponse({"openapi": "3.0.3", "info": {"title": "Job Monitor", "version": "1.0"},
                          "paths": paths})
 
 

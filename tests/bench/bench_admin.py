@@ -36,10 +36,11 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
-from server import db as tables  # noqa: E402
-from server.actions import ACTIONS  # noqa: E402
-from server.db import Db, _create_all, migrate  # noqa: E402
-from server.histogram import bucket_of  # noqa: E402
+from server.db import schema as tables  # noqa: E402
+from server.jobs.catalogue import ACTIONS  # noqa: E402
+from server.db import Db, migrate  # noqa: E402
+from server.db.migrations import _create_all  # noqa: E402
+from server.stats.histogram import bucket_of  # noqa: E402
 from server.timeutil import day_of  # noqa: E402
 
 DAY_MS = 86_400_000
@@ -179,7 +180,7 @@ async def _prepare_schema(url: str) -> None:
 
 
 async def _finish_schema(url: str, admin_password: str) -> None:
-    from server.accounts import Accounts
+    from server.accounts.store import Accounts
 
     db = Db(url)
     await db.connect()
@@ -296,7 +297,7 @@ def _pg_database(total: int, create: bool, drop: bool = False) -> str:
 
 def _deep_cursor(url: str, rank: int) -> str:
     """A cursor into the default order (created_at desc) after `rank` jobs, signed as the server would."""
-    from server.admin import CursorCodec
+    from server.admin.queries import CursorCodec
 
     async def run():
         db = Db(url)

@@ -1,0 +1,569 @@
+"""Admin queries over every user's jobs: the filtered, sorted, keyset-paged list, job details,
+per-customer results, the audit log and the users.
+
+The list stays fast at millions of jobs because every page is read along an index, in order:
+each sort key is indexed alone, after `status` and after `user_id` (db.py). A status filter
+becomes one ordered walk per status, merged (UNION ALL, each arm LIMITed). When several indexes
+could serve a page, `_plan` picks one from exact counts (`job_counts`) and a uniform-in-time
+estimate for date ranges, and switches the others off by wrapping their column (`col + 0`),
+which both SQLite and PostgreSQL then cannot match to an index.
+
+Free text matches a job id prefix (4+ hex characters), a CID exactly (both through indexes) or
+a substring of the error message among the newest ERROR_SEARCH_WINDOW jobs that have one (a
+bound: error messages have no index). Cursors are signed, so a changed one is a 400.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import math
+import re
+from dataclasses import dataclass, field
+
+import orjson
+import sqlalchemy as sa
+
+from server.db import schema as tables
+from server.db import Db
+from server.errors import BadRequest, NotFound
+from server.jobs.store import FINAL_STATUSES, JobStatus, parse_job_id, public_job
+from server.timeutil import iso, now_ms
+
+MAX_LIMIT = 500
+ERROR_SEARCH_WINDOW = 5_000
+JOB_ID_PREFIX = re.compile(r"^[0-9a-f][0-9a-f-]{3,35}$")
+FULL_JOB_ID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+
+
+class CursorCodec:
+    """Opaque, signed page cursors: a client can pass one back but not forge or edit one."""
+
+    def __init__(self, secret: str):
+        self._key = hashlib.sha256(b"jobmon-admin-cursor:" + secret.encode()).digest()
+
+    def _mac(self, body: bytes) -> bytes:
+        return hmac.new(self._key, body, hashlib.sha256).digest()[:12]
+
+    def encode(self, kind: str, *parts: object) -> str:
+        body = json.dumps([kind, *parts], separators=(",", ":")).encode()
+        return _b64(body) + "." + _b64(self._mac(body))
+
+    def decode(self, raw: str, kind: str, field: str = "cursor") -> list:
+        """The parts of a cursor of this kind; 400 naming `field` when it is malformed or changed."""
+        try:
+            body_text, _, mac_text = raw.partition(".")
+            body = _unb64(body_text)
+            if not hmac.compare_digest(self._mac(body), _unb64(mac_text)):
+                raise ValueError("bad signature")
+            parts = json.loads(body)
+            if not isinstance(parts, list) or not parts or parts[0] != kind:
+                raise ValueError("wrong kind")
+            return parts[1:]
+        except (ValueError, TypeError, UnicodeDecodeError):
+            raise BadRequest(f"Malformed '{field}': pass back the next_cursor of a previous page of this "
+                             "same list", code="validation_error", details={"field": field}) from None
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).decode().rstrip("=")
+
+
+def _unb64(text: str) -> bytes:
+    if not text or len(text) > 2000:
+        raise ValueError("empty")
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+@dataclass(frozen=True)
+class SortKey:
+    """An order of the admin list: jobs columns compared left to right, job_id last (a stable order)."""
+
+    name: str
+    columns: tuple[str, ...]
+    # the first column is NULL for jobs not finished yet: those come after all others, by job_id
+    nullable: bool = False
+
+
+SORTS = {
+    "created_at": SortKey("created_at", ("created_at", "job_id")),
+    "updated_at": SortKey("updated_at", ("updated_at", "job_id")),
+    "finished_at": SortKey("finished_at", ("finished_at", "job_id"), nullable=True),
+    "duration": SortKey("duration", ("duration_ms", "job_id"), nullable=True),
+    "status": SortKey("status", ("status", "created_at", "job_id")),
+}
+TIME_COLUMNS = ("created_at", "updated_at", "finished_at")
+
+
+@dataclass(frozen=True)
+class JobFilter:
+    """What the admin list is narrowed to; every field optional. Date bounds are inclusive (ms)."""
+
+    statuses: tuple[str, ...] = ()
+    user_id: int | None = None
+    action: str | None = None
+    cluster: str | None = None
+    text: str | None = None
+    created_from: int | None = None
+    created_to: int | None = None
+    finished_from: int | None = None
+    finished_to: int | None = None
+
+    def date_ranges(self) -> dict[str, tuple[int | None, int | None]]:
+        ranges = {}
+        if self.created_from is not None or self.created_to is not None:
+            ranges["created_at"] = (self.created_from, self.created_to)
+        if self.finished_from is not None or self.finished_to is not None:
+            ranges["finished_at"] = (self.finished_from, self.finished_to)
+        return ranges
+
+
+@dataclass
+class _Counts:
+    """Exact job counts (from job_counts) and the time span, for choosing a plan."""
+
+    by_status: dict[str, int]
+    by_user_status: dict[str, int] | None
+    oldest: dict[str, int] = field(default_factory=dict)
+    now: int = 0
+
+    @property
+    def total(self) -> int:
+        return sum(self.by_status.values())
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """Which columns to hide from the index matcher for one arm, so the chosen index is used."""
+
+    hide: frozenset[str]
+    name: str
+
+
+class AdminQueries:
+    """Read-only queries of the admin pages."""
+
+    def __init__(self, db: Db, cursor_secret: str):
+        self.db = db
+        self.cursors = CursorCodec(cursor_secret)
+
+    # -- the job list ----------------------------------------------------------------------
+    async def list_jobs(self, f: JobFilter, sort: SortKey, descending: bool, cursor: str | None,
+                        limit: int) -> dict:
+        """One page of jobs in a stable order, with the owner's username, and the next cursor."""
+        position = self._decode_position(cursor, sort, descending) if cursor else None
+        rows, more = await self._page(f, sort, descending, position, limit)
+        jobs = await self._load(rows)
+        next_cursor = self._encode_position(rows[-1], sort, descending) if more and rows else None
+        page = {"jobs": jobs, "next_cursor": next_cursor, "sort": sort.name,
+                "order": "desc" if descending else "asc", "limit": limit}
+        if f.text is not None:
+            # error messages have no index: say how far back the text was looked for in them
+            page["error_search_window"] = ERROR_SEARCH_WINDOW
+        return page
+
+    async def iter_jobs(self, f: JobFilter, sort: SortKey, descending: bool, page_size: int = 1000):
+        """Every job of the filtered list in order, page by page (for the CSV export)."""
+        position = None
+        while True:
+            rows, more = await self._page(f, sort, descending, position, page_size)
+            if rows:
+                yield await self._load(rows)
+            if not more or not rows:
+                return
+            position = self._position_of(rows[-1], sort)
+
+    def _position_of(self, row, sort: SortKey) -> tuple[int, list]:
+        if sort.nullable and row[sort.columns[0]] is None:
+            return 1, [row["job_id"]]
+        return 0, [row[c] for c in sort.columns]
+
+    def _encode_position(self, row, sort: SortKey, descending: bool) -> str:
+        phase, values = self._position_of(row, sort)
+        return self.cursors.encode("jobs", sort.name, "desc" if descending else "asc", phase, values)
+
+    def _decode_position(self, cursor: str, sort: SortKey, descending: bool) -> tuple[int, list]:
+        parts = self.cursors.decode(cursor, "jobs")
+        if len(parts) != 4 or parts[0] != sort.name or parts[1] != ("desc" if descending else "asc"):
+            raise BadRequest("This 'cursor' belongs to another sort or order: start again without it",
+                             code="validation_error", details={"field": "cursor"})
+        phase, values = parts[2], parts[3]
+        expected = 1 if phase == 1 else len(sort.columns)
+        if phase not in (0, 1) or not isinstance(values, list) or len(values) != expected:
+            raise BadRequest("Malformed 'cursor'", code="validation_error", details={"field": "cursor"})
+        return phase, values
+
+    async def _page(self, f: JobFilter, sort: SortKey, descending: bool, position, limit: int):
+        """(rows, more): up to `limit` rows after `position`, and whether any follow."""
+        want = limit + 1
+        # only a filter gives a choice of index; the plain list just walks its sort key
+        counts = await self._counts(f) if (f.statuses or f.user_id is not None or f.date_ranges()) else None
+        rows: list = []
+        phase = position[0] if position else 0
+        if phase == 0:
+            rows = await self._fetch(f, sort, descending, False, position[1] if position else None, want, counts)
+        if sort.nullable and len(rows) < want:
+            after = position[1] if position and phase == 1 else None
+            rows += await self._fetch(f, sort, descending, True, after, want - len(rows), counts)
+        return rows[:limit], len(rows) > limit
+
+    async def _counts(self, f: JobFilter) -> _Counts:
+        jc = tables.job_counts
+        by_status = {s.value: 0 for s in JobStatus}
+        for row in await self.db.fetch_all(sa.select(jc.c.status, sa.func.sum(jc.c.n).label("n"))
+                                           .group_by(jc.c.status)):
+            by_status[row.status] = int(row.n)
+        by_user = None
+        if f.user_id is not None:
+            by_user = {s.value: 0 for s in JobStatus}
+            for row in await self.db.fetch_all(sa.select(jc.c.status, jc.c.n).where(jc.c.user_id == f.user_id)):
+                by_user[row.status] = int(row.n)
+        counts = _Counts(by_status, by_user, now=now_ms())
+        j = tables.jobs
+        for column in f.date_ranges():
+            counts.oldest[column] = await self.db.fetch_val(sa.select(sa.func.min(j.c[column]))) or counts.now
+        return counts
+
+    async def _fetch(self, f: JobFilter, sort: SortKey, descending: bool, nulls: bool, after, want: int,
+                     counts: _Counts | None) -> list[dict]:
+        """The sort keys (and job_id) of up to `want` matching jobs after `after`, in order."""
+        j = tables.jobs
+        order_columns = ("job_id",) if nulls else sort.columns
+        statuses = list(dict.fromkeys(f.statuses))
+        arms: list[str | None] = statuses if statuses and f.text is None else [None]
+        selects = []
+        for status in arms:
+            if status is not None and counts is not None and self._arm_count(status, counts) == 0:
+                continue  # exact counts say nothing matches: skip a walk that would find nothing
+            # unfinished jobs (the NULL part of a nullable order) are few: any index serves
+            plan = _plan(f, sort, descending, status, want, counts) if not nulls else _Plan(frozenset(), "nulls")
+            cols = {name: _hidden(j.c[name]) if name in plan.hide else j.c[name] for name in j.c.keys()}
+            conditions = self._conditions(f, cols, status if f.text is None else None)
+            if f.text is not None and statuses:
+                conditions.append(cols["status"].in_(statuses))
+            first = sort.columns[0]
+            if sort.nullable:
+                conditions.append(j.c[first].is_(None) if nulls else cols[first].isnot(None))
+            keyset = _keyset([cols[c] for c in order_columns], order_columns, after, descending, status)
+            if keyset is False:
+                continue
+            if keyset is not None:
+                conditions.append(keyset)
+            order = [cols[c].desc() if descending else cols[c].asc() for c in order_columns]
+            # keys only: narrow rows merge and sort cheaply, and often come from the index alone
+            keys = [j.c[c] for c in dict.fromkeys(("job_id", *sort.columns))]
+            selects.append(sa.select(*keys).where(*conditions).order_by(*order).limit(want))
+        if not selects:
+            return []
+        if len(selects) == 1:
+            return await self.db.fetch_dicts(selects[0])
+        union = sa.union_all(*[sa.select(s.subquery()) for s in selects]).subquery()
+        order = [union.c[c].desc() if descending else union.c[c].asc() for c in order_columns]
+        return await self.db.fetch_dicts(sa.select(union).order_by(*order).limit(want))
+
+    @staticmethod
+    def _arm_count(status: str, counts: _Counts) -> int:
+        source = counts.by_user_status if counts.by_user_status is not None else counts.by_status
+        return source.get(status, 0)
+
+    def _conditions(self, f: JobFilter, cols: dict, status: str | None) -> list:
+        conditions = []
+        if status is not None:
+            conditions.append(cols["status"] == status)
+        if f.user_id is not None:
+            conditions.append(cols["user_id"] == f.user_id)
+        if f.action is not None:
+            conditions.append(cols["action_name"] == f.action)
+        if f.cluster is not None:
+            conditions.append(cols["cluster"] == f.cluster)
+        for column, (low, high) in f.date_ranges().items():
+            if low is not None:
+                conditions.append(cols[column] >= low)
+            if high is not None:
+                conditions.append(cols[column] <= high)
+        if f.text is not None:
+            conditions.append(tables.jobs.c.job_id.in_(self._text_matches(f)))
+        return conditions
+
+    def _text_matches(self, f: JobFilter):
+        """The ids of jobs whose id starts with, whose customers include, or whose error contains `text`."""
+        j, c = tables.jobs, tables.job_customers
+        text = f.text
+        arms = [sa.select(c.c.job_id).where(c.c.cid == text)]
+        lowered = text.lower()
+        if FULL_JOB_ID.match(lowered):
+            arms.append(sa.select(j.c.job_id).where(j.c.job_id == lowered))
+        elif JOB_ID_PREFIX.match(lowered):
+            # every UUID has '-' at the same places, so a trailing '-' adds nothing to a prefix
+            prefix = lowered.rstrip("-")
+            upper = prefix[:-1] + chr(ord(prefix[-1]) + 1)
+            # the range uses the primary key; LIKE keeps the match exact under any collation
+            arms.append(sa.select(j.c.job_id).where(j.c.job_id >= prefix, j.c.job_id < upper,
+                                                    j.c.job_id.like(_like_escape(prefix) + "%", escape="\\")))
+        window = sa.select(j.c.job_id, j.c.error_message).where(j.c.error_message.isnot(None))
+        if f.created_from is not None:
+            window = window.where(j.c.created_at >= f.created_from)
+        if f.created_to is not None:
+            window = window.where(j.c.created_at <= f.created_to)
+        window = window.order_by(j.c.created_at.desc()).limit(ERROR_SEARCH_WINDOW).subquery()
+        arms.append(sa.select(window.c.job_id).where(
+            sa.func.lower(window.c.error_message).like("%" + _like_escape(text.lower()) + "%", escape="\\")))
+        return sa.union(*arms)
+
+    async def _load(self, keys: list[dict]) -> list[dict]:
+        """The jobs of a page (in its order), each with its owner's username."""
+        j, u = tables.jobs, tables.users
+        rows = await self.db.fetch_dicts(
+            sa.select(j, u.c.username)
+            .select_from(j.join(u, u.c.id == j.c.user_id)).where(j.c.job_id.in_([k["job_id"] for k in keys])))
+        by_id = {row["job_id"]: row for row in rows}
+        jobs = []
+        for key in keys:
+            row = by_id[key["job_id"]]
+            job = public_job(row)
+            job["username"] = row["username"]
+            jobs.append(job)
+        return jobs
+
+    # -- one job -------------------------------------------------------------------------------
+    async def job_detail(self, raw_job_id: str, events_limit: int = 200) -> dict:
+        """A job with its owner, processing time, attempts, retries, customer outcomes and events."""
+        j, u, e, c = tables.jobs, tables.users, tables.job_events, tables.job_customers
+        job_id = parse_job_id(raw_job_id)
+        row = await self.db.fetch_one(sa.select(j).where(j.c.job_id == job_id))
+        if row is None:
+            raise NotFound("No such job")
+        owner = await self.db.fetch_one(sa.select(u.c.id, u.c.username, u.c.role).where(u.c.id == row.user_id))
+        now = now_ms()
+        final = JobStatus(row.status) in FINAL_STATUSES
+        processing = row.duration_ms if final else (now - row.started_at if row.started_at else None)
+        outcome_rows = await self.db.fetch_all(
+            sa.select(c.c.status, sa.func.count().label("n")).where(c.c.job_id == job_id).group_by(c.c.status))
+        outcomes = {r.status: int(r.n) for r in outcome_rows}
+        event_count = await self.db.fetch_val(sa.select(sa.func.count()).select_from(e).where(e.c.job_id == job_id))
+        newest = (sa.select(e.c.id, e.c.event_id, e.c.kind, e.c.payload, e.c.created_at)
+                  .where(e.c.job_id == job_id).order_by(e.c.id.desc()).limit(events_limit))
+        events = []
+        for ev in reversed(await self.db.fetch_all(newest)):
+            snapshot = orjson.loads(ev.payload)
+            events.append({"event_id": ev.event_id, "kind": ev.kind, "at": iso(ev.created_at),
+                           "status": snapshot.get("status"), "done": snapshot.get("done"),
+                           "failed": snapshot.get("failed")})
+        retries = await self.db.fetch_all(sa.select(j.c.job_id, j.c.status, j.c.created_at)
+                                          .where(j.c.parent_job_id == job_id).order_by(j.c.created_at))
+        job = public_job(row)
+        job["username"] = owner.username if owner else None
+        return {
+            "job": job,
+            "owner": {"id": owner.id, "username": owner.username, "role": owner.role} if owner else None,
+            "processing_ms": processing,
+            "finished": final,
+            "queued_ms": (row.started_at - row.created_at) if row.started_at else None,
+            "attempts": row.attempts,
+            "customers": {"count": row.customer_count, "by_outcome": outcomes,
+                          # retention removed the per-customer rows of this old finished job
+                          "pruned": bool(row.customer_count) and not outcomes},
+            "retries": [{"job_id": r.job_id, "status": r.status, "created_at": iso(r.created_at)} for r in retries],
+            "event_count": int(event_count),
+            "events": events,
+            "events_truncated": int(event_count) > len(events),
+        }
+
+    async def job_results(self, raw_job_id: str, outcome: str | None, cursor: str | None, limit: int) -> dict:
+        """Per-customer outcomes of a job in customer order, optionally of one outcome only."""
+        j, c = tables.jobs, tables.job_customers
+        job_id = parse_job_id(raw_job_id)
+        job = await self.db.fetch_one(sa.select(j.c.job_id, j.c.customer_count).where(j.c.job_id == job_id))
+        if job is None:
+            raise NotFound("No such job")
+        after = -1
+        if cursor:
+            parts = self.cursors.decode(cursor, "results")
+            if len(parts) != 3 or parts[0] != job_id or parts[1] != outcome or not _is_int(parts[2]):
+                raise BadRequest("This 'cursor' belongs to another job or outcome filter", code="validation_error",
+                                 details={"field": "cursor"})
+            after = parts[2]
+        query = sa.select(c.c.seq, c.c.cid, c.c.status, c.c.http_status, c.c.error_message, c.c.updated_at).where(
+            c.c.job_id == job_id, c.c.seq > after)
+        if outcome is not None:
+            query = query.where(c.c.status == outcome)
+        rows = await self.db.fetch_all(query.order_by(c.c.seq).limit(limit + 1))
+        page = rows[:limit]
+        result = {
+            "job_id": job_id,
+            "customer_count": job.customer_count,
+            "results": [{"seq": r.seq, "cid": r.cid, "outcome": r.status, "http_status": r.http_status,
+                         "error_message": r.error_message, "updated_at": iso(r.updated_at)} for r in page],
+            "next_cursor": (self.cursors.encode("results", job_id, outcome, page[-1].seq)
+                            if len(rows) > limit else None),
+        }
+        if not cursor:
+            counts = await self.db.fetch_all(sa.select(c.c.status, sa.func.count().label("n"))
+                                             .where(c.c.job_id == job_id).group_by(c.c.status))
+            result["by_outcome"] = {r.status: int(r.n) for r in counts}
+            result["pruned"] = bool(job.customer_count) and not counts
+        return result
+
+    # -- audit log and users -------------------------------------------------------------------
+    async def audit(self, *, username: str | None, kinds: tuple[str, ...], at_from: int | None,
+                    at_to: int | None, cursor: str | None, limit: int) -> dict:
+        """Audit entries newest first (keyset on id), filtered by user, kinds and time."""
+        a = tables.audit_log
+        before = None
+        if cursor:
+            parts = self.cursors.decode(cursor, "audit")
+            if len(parts) != 1 or not _is_int(parts[0]):
+                raise BadRequest("Malformed 'cursor'", code="validation_error", details={"field": "cursor"})
+            before = parts[0]
+        conditions = []
+        if username is not None:
+            conditions.append(a.c.username == username)
+        if at_from is not None:
+            conditions.append(a.c.at >= at_from)
+        if at_to is not None:
+            conditions.append(a.c.at <= at_to)
+        if before is not None:
+            conditions.append(a.c.id < before)
+        # one ordered walk per kind (index kind, id), merged: never a sort of every matching entry
+        arms = [sa.select(a).where(*conditions, a.c.kind == kind).order_by(a.c.id.desc()).limit(limit + 1)
+                for kind in dict.fromkeys(kinds)] or [sa.select(a).where(*conditions).order_by(a.c.id.desc())
+                                                      .limit(limit + 1)]
+        if len(arms) == 1:
+            rows = await self.db.fetch_all(arms[0])
+        else:
+            union = sa.union_all(*[sa.select(arm.subquery()) for arm in arms]).subquery()
+            rows = await self.db.fetch_all(sa.select(union).order_by(union.c.id.desc()).limit(limit + 1))
+        page = rows[:limit]
+        return {
+            "entries": [{"id": r.id, "at": iso(r.at), "user_id": r.user_id, "username": r.username, "kind": r.kind,
+                         "subject": r.subject, "detail": _json_or_text(r.detail), "ip": r.ip} for r in page],
+            "next_cursor": self.cursors.encode("audit", page[-1].id) if len(rows) > limit else None,
+        }
+
+    async def users(self) -> list[dict]:
+        """Every user with their role and job counts by status."""
+        u, jc = tables.users, tables.job_counts
+        rows = await self.db.fetch_all(sa.select(u.c.id, u.c.username, u.c.role, u.c.created_at, u.c.disabled)
+                                       .order_by(u.c.username))
+        counts: dict[int, dict[str, int]] = {}
+        for row in await self.db.fetch_all(sa.select(jc.c.user_id, jc.c.status, jc.c.n).where(jc.c.n != 0)):
+            counts.setdefault(row.user_id, {})[row.status] = int(row.n)
+        return [{"id": r.id, "username": r.username, "role": r.role, "created_at": iso(r.created_at),
+                 "disabled": bool(r.disabled), "jobs": {s.value: counts.get(r.id, {}).get(s.value, 0) for s in JobStatus},
+                 "job_total": sum(counts.get(r.id, {}).values())} for r in rows]
+
+    async def resolve_user(self, raw: str, field: str = "user") -> tuple[int, str] | None:
+        """(id, username) of a user named by id or username, or None when there is no such user."""
+        u = tables.users
+        query = sa.select(u.c.id, u.c.username)
+        if raw.isdigit() and len(raw) <= 12:
+            query = query.where(u.c.id == int(raw))
+        else:
+            query = query.where(u.c.username == raw)
+        row = await self.db.fetch_one(query)
+        return (row.id, row.username) if row else None
+
+
+def _hidden(column):
+    """The same value, in a form no index matches (forces the plan chosen by `_plan`)."""
+    if isinstance(column.type, sa.String):
+        return column.concat("")
+    return column + 0
+
+
+def _keyset(columns: list, names: tuple[str, ...], after, descending: bool, arm_status: str | None):
+    """The condition for rows after `after` in this order; None for none, False if the arm is past it."""
+    if after is None:
+        return None
+    values = list(after)
+    if arm_status is not None and names[0] == "status":
+        # inside one status's arm the status is fixed: compare it here, the rest in SQL
+        if arm_status == values[0]:
+            columns, values = columns[1:], values[1:]
+        elif (arm_status < values[0]) == descending:
+            return None  # the whole arm comes after the cursor
+        else:
+            return False  # the whole arm came before it
+    left, right = sa.tuple_(*columns), sa.tuple_(*[sa.literal(v) for v in values])
+    return left < right if descending else left > right
+
+
+def _plan(f: JobFilter, sort: SortKey, descending: bool, status: str | None, want: int,
+          counts: _Counts | None) -> _Plan:
+    """Choose the index one arm of the list reads, by the estimated rows it must touch."""
+    sort_column = sort.columns[0]
+    order_only = frozenset(c for c in sort.columns if c != "job_id")
+    if f.text is not None:
+        # the text's matches are few and come by primary key: fetch them all, then sort
+        return _Plan(order_only | {"status", "user_id", "created_at", "finished_at"}, "text-then-sort")
+    if counts is None:
+        return _Plan(frozenset(), "walk")
+    total = max(counts.total, 1)
+    lead = counts.by_status.get(status, 0) if status else total
+    user = sum(counts.by_user_status.values()) if counts.by_user_status is not None else None
+    both = (counts.by_user_status.get(status, 0) if status else user) if user is not None else None
+    ranges = f.date_ranges()
+    fractions = {column: _fraction(low, high, counts.oldest.get(column, counts.now), counts.now)
+                 for column, (low, high) in ranges.items()}
+    matches = max((both if both is not None else lead) * math.prod(fractions.values()), 1.0)
+
+    def walk(slice_rows: float) -> float:
+        rows = slice_rows * fractions.get(sort_column, 1.0)
+        skipped = 0.0
+        if sort_column in TIME_COLUMNS:
+            # times move together: a walk in time order reaches another column's range only
+            # after passing every job on the near side of it
+            for column, (low, high) in ranges.items():
+                if column == sort_column:
+                    continue
+                oldest = counts.oldest.get(column, counts.now)
+                bound = high if descending else low
+                gap = 0 if bound is None else ((counts.now - bound) if descending else (bound - oldest))
+                skipped = max(skipped, rows * min(max(gap / max(counts.now - oldest, 1), 0.0), 1.0))
+        return min(rows, skipped + want * rows / matches)
+
+    other_ranges = frozenset(c for c in ranges if c != sort_column)
+    options = [(walk(lead), _Plan(other_ranges | ({"user_id"} if user is not None else set()), "walk"))]
+    if user is not None:
+        options.append((walk(user), _Plan(other_ranges | ({"status"} if status else set()), "walk-user")))
+        if status and sort_column in ("created_at", "status"):
+            options.append((walk(both), _Plan(other_ranges, "walk-user-status")))
+        elif status:
+            options.append((both * 1.5 + 1, _Plan(order_only | other_ranges, "user-status-then-sort")))
+    for column, fraction in fractions.items():
+        if column == sort_column:
+            continue
+        if column == "created_at" and both is not None:
+            base = both  # (user_id, status, created_at) narrows by all three
+        else:
+            base = min(lead, user if user is not None else lead)
+        hide = (order_only - {column}) | (frozenset(ranges) - {column})
+        options.append((base * fraction * 1.5 + 1, _Plan(hide, f"{column}-range-then-sort")))
+    return min(options, key=lambda option: option[0])[1]
+
+
+def _fraction(low: int | None, high: int | None, oldest: int, now: int) -> float:
+    """The share of jobs in [low, high], assuming they are spread evenly from the oldest to now."""
+    span = max(now - oldest, 1)
+    start = max(low if low is not None else oldest, oldest)
+    end = min(high if high is not None else now, now)
+    return min(max((end - start) / span, 0.0), 1.0)
+
+
+def _like_escape(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _json_or_text(raw: str | None):
+    if raw is None:
+        return None
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return raw

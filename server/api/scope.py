@@ -1,0 +1,108 @@
+"""A job's scope: its customers' states and app status, and the app-status cache's stats and invalidation."""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from starlette.requests import Request
+from starlette.routing import Route
+
+from server.db import schema as tables
+from server.accounts.store import Scope
+from server.jobs.catalogue import validate_cids
+from server.errors import BadRequest, Forbidden
+from server.appstatus.scope import parse_app, parse_ttl
+from server.api.common import OrjsonResponse, client_ip, job_in_path, json_object, query_bool, services
+
+INVALIDATE_FIELDS = {"job_id", "cids", "app", "cluster", "all"}
+
+
+async def job_actions(request: Request) -> OrjsonResponse:
+    """The cluster's state of each of the job's customers, with the job's own result beside it."""
+    _, job = await job_in_path(request, Scope.READ)
+    return OrjsonResponse(await services(request).scope.customer_states(job))
+
+
+async def job_appstatus(request: Request) -> OrjsonResponse:
+    """The app status of the job's customers, from the cache where fresh, else from the cluster."""
+    s = services(request)
+    _, job = await job_in_path(request, Scope.READ)
+    app = parse_app(request.query_params.get("app"))
+    ttl = parse_ttl(request.query_params.get("ttl_seconds"), s.settings.appstatus_ttl)
+    skip_cache = query_bool(request, "skip_cache", False)
+    return OrjsonResponse(await s.scope.appstatus(job, app, ttl, skip_cache))
+
+
+async def cache_stats(request: Request) -> OrjsonResponse:
+    """Entries and counters per cluster: everything for admins, the caller's own jobs for users."""
+    s = services(request)
+    principal = await s.auth.require(request, Scope.READ)
+    clusters = [cluster.id for cluster in s.clusters]
+    if principal.is_admin:
+        return OrjsonResponse({"scope": "all", **await s.cache.stats(clusters, None)})
+    return OrjsonResponse({"scope": "mine", **await s.cache.stats(clusters, principal.user_id)})
+
+
+async def _cids_of_job(request: Request, job_id: str, raw: object) -> list[str]:
+    """The CIDs given, each of which must be a customer of the job."""
+    s = services(request)
+    cids = validate_cids(raw, s.settings.max_cids)
+    c = tables.job_customers
+    known: set[str] = set()
+    for start in range(0, len(cids), 500):
+        rows = await s.db.fetch_all(sa.select(c.c.cid).where(c.c.job_id == job_id,
+                                                             c.c.cid.in_(cids[start:start + 500])))
+        known.update(row._mapping[0] for row in rows)
+    strangers = [cid for cid in cids if cid not in known]
+    if strangers:
+        raise BadRequest(f"{len(strangers)} CID(s) are not customers of this job, e.g. {strangers[0]!r}",
+                         code="validation_error", details={"field": "cids", "not_in_job": strangers[:20]})
+    return cids
+
+
+async def invalidate(request: Request) -> OrjsonResponse:
+    """Drop cache entries: of one of the caller's jobs (optionally some CIDs, one app), or, for
+    admins, by cluster and/or app or all of them."""
+    s = services(request)
+    principal = await s.auth.require(request, Scope.WRITE)
+    body = await json_object(request)
+    unknown = sorted(set(body) - INVALIDATE_FIELDS)
+    if unknown:
+        raise BadRequest(f"Unknown field(s): {', '.join(k[:40] for k in unknown[:5])}; expected "
+                         + ", ".join(sorted(INVALIDATE_FIELDS)), code="validation_error",
+                         details={"field": unknown[0][:40]})
+    app = parse_app(body["app"]) if body.get("app") is not None else None
+    if body.get("job_id") is not None:
+        if "cluster" in body or "all" in body:
+            raise BadRequest("'job_id' cannot be combined with 'cluster' or 'all'", code="validation_error",
+                             details={"field": "job_id"})
+        job = await s.jobs.get_for(body["job_id"], principal.user_id, principal.is_admin)
+        cids = await _cids_of_job(request, job["job_id"], body["cids"]) if "cids" in body else None
+        count = await s.cache.invalidate(cluster_id=job["cluster"], app=app, job_id=job["job_id"], cids=cids)
+        target = {"job_id": job["job_id"], "cids": len(cids) if cids is not None else None, "app": app}
+    else:
+        if not principal.is_admin:
+            raise Forbidden("Send 'job_id' of one of your jobs: only admins may invalidate beyond their own jobs")
+        if "cids" in body:
+            raise BadRequest("'cids' needs the 'job_id' they belong to", code="validation_error",
+                             details={"field": "cids"})
+        if "all" in body and body["all"] is not True:
+            raise BadRequest("'all' must be true when given", code="validation_error", details={"field": "all"})
+        cluster = s.clusters.get(body["cluster"]).id if "cluster" in body else None
+        if cluster is None and app is None and body.get("all") is not True:
+            raise BadRequest("Say what to invalidate: 'job_id' (and 'cids', 'app'), or as an admin "
+                             "'cluster' and/or 'app', or 'all': true", code="validation_error")
+        count = await s.cache.invalidate(cluster_id=cluster, app=app)
+        target = {"cluster": cluster, "app": app, "all": cluster is None and app is None}
+    await s.audit.record("cache_invalidate", user_id=principal.user_id, username=principal.username,
+                         subject=target.get("job_id") or target.get("cluster") or "*",
+                         detail={**target, "invalidated": count}, ip=client_ip(request))
+    return OrjsonResponse({"invalidated": count, **target})
+
+
+def routes() -> list[Route]:
+    return [
+        Route("/api/jobs/{job_id}/actions", job_actions, methods=["GET"]),
+        Route("/api/jobs/{job_id}/appstatus", job_appstatus, methods=["GET"]),
+        Route("/api/cache/stats", cache_stats, methods=["GET"]),
+        Route("/api/cache/invalidate", invalidate, methods=["POST"]),
+    ]

@@ -1,0 +1,98 @@
+"""Where Job Monitor reaches into `databases` (0.9.0) and aiosqlite internals: nowhere else.
+
+Checked against databases 0.9.0 and aiosqlite 0.20-0.22 (pyproject pins those ranges);
+tests/test_compat.py fails when an installed version's source of a method relied on here differs
+from the one this was written against, so an upgrade is a visible decision.
+
+- `ReusingSQLitePool` replaces `SQLiteBackend._pool`: `databases` opens a new aiosqlite
+  connection (and thread) per use, which costs milliseconds per query.
+- `ImmediateConnection` turns BEGIN into BEGIN IMMEDIATE (see its docstring).
+- `release_cancelled_connection` frees the task's connection when BEGIN/COMMIT/ROLLBACK was
+  cancelled mid-way: `databases` would otherwise never release it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+
+import aiosqlite
+from databases import Database
+
+
+class ImmediateConnection(aiosqlite.Connection):
+    """An aiosqlite connection whose transactions take the write lock at BEGIN.
+
+    A deferred BEGIN that reads first and writes later fails with SQLITE_BUSY (not waiting on the
+    busy timeout) when another writer committed in between; BEGIN IMMEDIATE waits instead.
+    """
+
+    def execute(self, sql, parameters=None):  # type: ignore[override]
+        if sql == "BEGIN":
+            sql = "BEGIN IMMEDIATE"
+        return super().execute(sql, parameters)
+
+
+class ReusingSQLitePool:
+    """Keeps open SQLite connections for reuse: opening one per query costs milliseconds."""
+
+    _memref = None  # databases' SQLiteBackend.disconnect reads it (for in-memory databases)
+
+    def __init__(self, path: str, max_idle: int = 16, busy_timeout: float = 30.0):
+        self._path = path
+        self._idle: list[aiosqlite.Connection] = []
+        self._max_idle = max_idle
+        self._busy_timeout = busy_timeout
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(
+            self._path, isolation_level=None, timeout=self._busy_timeout, check_same_thread=False
+        )
+        conn.execute("PRAGMA synchronous=NORMAL")
+        conn.execute("PRAGMA foreign_keys=ON")
+        return conn
+
+    async def acquire(self) -> aiosqlite.Connection:
+        if self._idle:
+            return self._idle.pop()
+        connection = ImmediateConnection(self._connect, iter_chunk_size=256)
+        await connection.__aenter__()
+        return connection
+
+    async def release(self, connection: aiosqlite.Connection) -> None:
+        if connection.in_transaction:
+            await connection.rollback()
+        if len(self._idle) < self._max_idle:
+            self._idle.append(connection)
+        else:
+            await connection.close()
+
+    async def close(self) -> None:
+        while self._idle:
+            await self._idle.pop().close()
+
+
+def install_sqlite_pool(database: Database, pool: ReusingSQLitePool) -> None:
+    """Make a SQLite `Database` take its connections from `pool` (before `connect()`)."""
+    database._backend._pool = pool  # type: ignore[attr-defined]
+
+
+async def release_cancelled_connection(database: Database, is_sqlite: bool) -> None:
+    """Free this task's connection after its BEGIN, COMMIT or ROLLBACK was cancelled.
+
+    The statement still runs on the connection's thread, but `databases` then never releases
+    the connection: on SQLite it would stay out of the pool holding the write lock (every
+    writer then waits for the busy timeout), on PostgreSQL it would leak from the pool.
+    """
+    connection = database.connection()  # this task's, still counted as in use
+    if is_sqlite:
+        backend = connection._connection
+        raw, backend._connection = backend._connection, None
+        connection._connection_counter = 0
+        database._connection = None
+        if raw is not None:
+            # queued after the statement; closing rolls back what it left open
+            await asyncio.shield(asyncio.ensure_future(raw.close()))
+    else:
+        # asyncpg's pool resets (rolls back) a released connection
+        await asyncio.shield(asyncio.ensure_future(connection.__aexit__()))

@@ -1,0 +1,209 @@
+"""The database connection: a `databases.Database` plus what differs per dialect."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import contextvars
+import functools
+import re
+import sqlite3
+from pathlib import Path
+
+import asyncpg
+import sqlalchemy as sa
+from databases import Database
+from databases.core import DatabaseURL
+
+from server.db.databases_compat import ReusingSQLitePool, install_sqlite_pool, release_cancelled_connection
+
+# What a unique or foreign-key violation raises: `databases` passes the driver's own exception on
+INTEGRITY_ERRORS = (sa.exc.IntegrityError, sqlite3.IntegrityError,
+                    asyncpg.exceptions.IntegrityConstraintViolationError)
+
+class DatabaseUnavailable(Exception):
+    """The database named by JOBMON_DATABASE_URL could not be opened."""
+
+
+# The task that holds a Db's SQLite write lock (so its own writes inside a transaction go on)
+_sqlite_writer: contextvars.ContextVar[asyncio.Task | None] = contextvars.ContextVar("sqlite_writer", default=None)
+
+_WRITE_SQL = re.compile(r"\s*(INSERT|UPDATE|DELETE|REPLACE)\b", re.IGNORECASE)
+
+
+def _writes(query) -> bool:
+    """Whether a statement changes rows (and so needs SQLite's one write lock)."""
+    if isinstance(query, sa.TextClause):
+        query = query.text
+    if isinstance(query, str):
+        return _WRITE_SQL.match(query) is not None
+    return isinstance(query, sa.sql.dml.UpdateBase)
+
+
+class Db:
+    """The application's database: a `databases.Database` plus what differs per dialect.
+
+    On SQLite, writers in this process take turns through an asyncio lock, first come first
+    served. SQLite has one write lock per file, and a writer that finds it taken sleeps and
+    polls (the busy timeout): under a steady stream of job transactions a request could poll
+    for many seconds, or fail with "database is locked", while others kept winning the lock.
+    """
+
+    def __init__(self, url: str):
+        self.url = url
+        self.is_sqlite = url.startswith("sqlite")
+        if url.startswith("postgresql+asyncpg://"):
+            url = "postgresql://" + url[len("postgresql+asyncpg://"):]
+        self.database = Database(url, **({} if self.is_sqlite else
+                                         {"min_size": 2, "max_size": 20, "reset": _keep_session}))
+        self._sqlite_pool: ReusingSQLitePool | None = None
+        self._write_lock = asyncio.Lock()
+
+    def __repr__(self) -> str:
+        return f"Db({DatabaseURL(self.url).obscure_password!r})"
+
+    async def connect(self) -> None:
+        """Open the connection (pool) and, on SQLite, switch the file to WAL."""
+        try:
+            await self._connect()
+        except (OSError, sqlite3.Error, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            where = DatabaseURL(self.url).obscure_password
+            raise DatabaseUnavailable(f"cannot open the database at JOBMON_DATABASE_URL={where}: "
+                                      f"{exc or type(exc).__name__}") from exc
+
+    async def _connect(self) -> None:
+        if self.is_sqlite:
+            path = DatabaseURL(self.url).database
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            with sqlite3.connect(path) as conn:
+                conn.execute("PRAGMA journal_mode=WAL")
+            self._sqlite_pool = ReusingSQLitePool(path)
+            # databases opens a new aiosqlite connection (and thread) per use; reuse them instead
+            install_sqlite_pool(self.database, self._sqlite_pool)
+        await self.database.connect()
+
+    async def disconnect(self) -> None:
+        await self.database.disconnect()
+        if self._sqlite_pool is not None:
+            await self._sqlite_pool.close()
+
+    @contextlib.asynccontextmanager
+    async def writing(self, writes: bool = True):
+        """Hold this process's turn to write to SQLite (a no-op on PostgreSQL or for reads)."""
+        task = asyncio.current_task()
+        if not writes or not self.is_sqlite or _sqlite_writer.get() is task:
+            yield
+            return
+        async with self._write_lock:
+            token = _sqlite_writer.set(task)
+            try:
+                yield
+            finally:
+                _sqlite_writer.reset(token)
+
+    @contextlib.asynccontextmanager
+    async def transaction(self):
+        """A write transaction (on SQLite it takes the write lock at once)."""
+        async with self.writing():
+            transaction = self.database.transaction()
+            await self._uncancelled(transaction.start())
+            try:
+                yield transaction
+            except BaseException:
+                await self._uncancelled(transaction.rollback())
+                raise
+            await self._uncancelled(transaction.commit())
+
+    async def _uncancelled(self, step) -> None:
+        """Run BEGIN, COMMIT or ROLLBACK; if the task is cancelled meanwhile, free the connection."""
+        try:
+            await step
+        except asyncio.CancelledError:
+            await release_cancelled_connection(self.database, self.is_sqlite)
+            raise
+
+    async def fetch_all(self, query, values=None):
+        async with self.writing(_writes(query)):
+            return await self.database.fetch_all(query, values)
+
+    async def fetch_dicts(self, query, values=None) -> list[dict]:
+        """Rows as plain dicts: many times cheaper to read than `databases` Records, for big results."""
+        async with self.writing(_writes(query)):
+            rows = await self.database.fetch_all(query, values)
+        if not rows:
+            return []
+        keys = list(rows[0]._mapping.keys())
+        return [dict(zip(keys, row._mapping.values())) for row in rows]
+
+    async def fetch_one(self, query, values=None):
+        async with self.writing(_writes(query)):
+            return await self.database.fetch_one(query, values)
+
+    async def fetch_val(self, query, values=None):
+        async with self.writing(_writes(query)):
+            return await self.database.fetch_val(query, values)
+
+    async def execute(self, query, values=None):
+        """Run a statement; its return value is backend-specific, so callers use RETURNING."""
+        async with self.writing(_writes(query)):
+            return await self.database.execute(query, values)
+
+    # The hot paths (inserting a job's customers, recording a batch) skip SQLAlchemy: compiling
+    # a statement costs milliseconds, and on SQLite every driver call is a trip to the
+    # connection's thread. These run SQL text with `:name` parameters straight on the driver,
+    # on the task's connection, so they join its transaction like any other query.
+    async def raw_fetch(self, sql: str, params: dict | None = None) -> list[tuple]:
+        """Rows (as tuples) of one statement; on SQLite one trip to the connection's thread."""
+        params = params or {}
+        async with self.writing(_writes(sql)), self.database.connection() as connection:
+            raw = connection.raw_connection
+            if self.is_sqlite:
+                return list(await raw.execute_fetchall(sql, params))
+            text, names = _positional(sql)
+            return [tuple(row) for row in await raw.fetch(text, *[params[name] for name in names])]
+
+    async def insert_rows(self, table: str, columns: tuple[str, ...], rows: list[tuple]) -> None:
+        """Many rows into one table, the fastest way each driver has (COPY on PostgreSQL)."""
+        async with self.writing(), self.database.connection() as connection:
+            raw = connection.raw_connection
+            if self.is_sqlite:
+                await raw.executemany(_insert_sql(table, columns), rows)
+            else:
+                await raw.copy_records_to_table(table, records=rows, columns=columns)
+
+    async def raw_executemany(self, sql: str, rows: list[dict]) -> None:
+        """One statement for each parameter set, in one driver call."""
+        async with self.writing(_writes(sql)), self.database.connection() as connection:
+            raw = connection.raw_connection
+            if self.is_sqlite:
+                await raw.executemany(sql, rows)
+            else:
+                text, names = _positional(sql)
+                await raw.executemany(text, [[row[name] for name in names] for row in rows])
+
+
+async def _keep_session(connection) -> None:
+    """Release a PostgreSQL connection to the pool without asyncpg's reset query.
+
+    asyncpg still rolls back an open transaction; the reset query (RESET ALL, UNLISTEN, unlock
+    advisory locks) would cost a round trip per query and is not needed: nothing here keeps
+    session state (locks are transaction-scoped, settings are SET LOCAL, no LISTEN).
+    """
+
+
+@functools.lru_cache(maxsize=256)
+def _insert_sql(table: str, columns: tuple[str, ...]) -> str:
+    return f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})"
+
+
+@functools.lru_cache(maxsize=256)
+def _positional(sql: str) -> tuple[str, tuple[str, ...]]:
+    """`:name` parameters as PostgreSQL's `$n` (`::type` casts are left alone)."""
+    names: list[str] = []
+
+    def number(match: re.Match) -> str:
+        if match.group(1) not in names:
+            names.append(match.group(1))
+        return f"${names.index(match.group(1)) + 1}"
+
+    return re.sub(r"(?<![:\w]):([A-Za-z_]\w*)", number, sql), tuple(names)

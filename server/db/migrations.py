@@ -1,0 +1,72 @@
+"""Creating the schema, and upgrading an older database to SCHEMA_VERSION on start.
+
+The schema is versioned in `schema_version`; a fresh database is created at SCHEMA_VERSION
+directly from `metadata`, an older one is brought up step by step from MIGRATIONS.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import sqlalchemy as sa
+from sqlalchemy.schema import CreateIndex, CreateTable
+
+from server.db.engine import Db
+from server.db.schema import metadata, schema_version
+
+logger = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+
+# Steps that bring a database at version N-1 to version N; a fresh database is created at
+# SCHEMA_VERSION directly from `metadata`. Add a step (and bump SCHEMA_VERSION) for each change.
+MIGRATIONS: dict[int, list[str]] = {}
+
+
+def _dialect(db: Db):
+    if db.is_sqlite:
+        from sqlalchemy.dialects import sqlite
+
+        return sqlite.dialect()
+    from sqlalchemy.dialects import postgresql
+
+    return postgresql.dialect()
+
+
+async def _create_all(db: Db) -> None:
+    dialect = _dialect(db)
+    for table in metadata.sorted_tables:
+        await db.execute(str(CreateTable(table, if_not_exists=True).compile(dialect=dialect)))
+        for index in table.indexes:
+            await db.execute(str(CreateIndex(index, if_not_exists=True).compile(dialect=dialect)))
+
+
+async def migrate(db: Db) -> int:
+    """Create or upgrade the schema to SCHEMA_VERSION; return the version found before."""
+    async with db.transaction():
+        if not db.is_sqlite:
+            # one node migrates at a time; the others wait here, then find the work done
+            await db.execute("SELECT pg_advisory_xact_lock(4242001)")
+        await db.execute(
+            str(CreateTable(schema_version, if_not_exists=True).compile(dialect=_dialect(db)))
+        )
+        found = await db.fetch_val(sa.select(schema_version.c.version).where(schema_version.c.id == 1))
+        if found is None:
+            await _create_all(db)
+            await db.execute(schema_version.insert().values(id=1, version=SCHEMA_VERSION))
+            logger.info("created database schema version %s", SCHEMA_VERSION)
+            return 0
+        if found > SCHEMA_VERSION:
+            raise RuntimeError(
+                f"database schema version {found} is newer than this server's {SCHEMA_VERSION}: "
+                "upgrade the server"
+            )
+        for version in range(found + 1, SCHEMA_VERSION + 1):
+            for statement in MIGRATIONS[version]:
+                await db.execute(statement)
+            logger.info("upgraded database schema to version %s", version)
+        if found < SCHEMA_VERSION:
+            await db.execute(
+                schema_version.update().where(schema_version.c.id == 1).values(version=SCHEMA_VERSION)
+            )
+        return found
