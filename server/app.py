@@ -4,38 +4,31 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from pathlib import Path
 
 import socketio
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import FileResponse, Response
-from starlette.routing import Mount, Route
-from starlette.staticfiles import StaticFiles
+from starlette.responses import Response
+from starlette.routing import Mount
 
-from server.accounts.store import Accounts
-from server.api import admin as admin_routes, auth as auth_routes, jobs as jobs_routes, ops, scope as scope_routes
+from server import web
+from server.api import admin as admin_routes
+from server.api import auth as auth_routes
+from server.api import jobs as jobs_routes
+from server.api import ops
+from server.api import scope as scope_routes
 from server.api.common import OrjsonResponse
-from server.accounts.audit import AuditLog
-from server.accounts.auth import Authenticator
-from server.appstatus.cache import AppStatusCache
-from server.upstream.clusters import Cluster, ClusterRegistry, load_clusters_file
 from server.config import ConfigError, Settings
-from server.db import Db, migrate
-from server.errors import AppError
-from server.jobs.store import JobStore
-from server.realtime.namespace import Realtime
-from server.jobs.retention import RetentionTask
-from server.jobs.runner import JobRunner
-from server.appstatus.scope import JobScope
-from server.services import Services
+from server.errors import AppError, error_body
+from server.realtime.namespace import create_socketio_server
+from server.realtime.socketio_compat import install_fast_writer
+from server.services import running_services
 from server.sim.cluster import create_simulator_app, knobs_from_env
-from server.upstream.client import TmsClient
+from server.upstream.clusters import Cluster, ClusterRegistry, load_clusters_file
 
 logger = logging.getLogger(__name__)
 
-WEB_DIR = Path(__file__).resolve().parent.parent / "web"
 DEMO_USERS = (("demo", "demo-password", "user"), ("admin", "admin-password", "admin"))
 
 
@@ -46,15 +39,13 @@ async def _app_error(request: Request, exc: AppError) -> Response:
 
 async def _http_error(request: Request, exc: HTTPException) -> Response:
     codes = {404: "not_found", 405: "method_not_allowed"}
-    body = {"error": {"code": codes.get(exc.status_code, "http_error"), "message": str(exc.detail),
-                      "details": None}}
+    body = error_body(codes.get(exc.status_code, "http_error"), str(exc.detail))
     return OrjsonResponse(body, status_code=exc.status_code, headers=getattr(exc, "headers", None))
 
 
 async def _server_error(request: Request, exc: Exception) -> Response:
     logger.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
-    return OrjsonResponse({"error": {"code": "internal_error", "message": "Internal server error",
-                                   "details": None}}, status_code=500)
+    return OrjsonResponse(error_body("internal_error", "Internal server error"), status_code=500)
 
 
 class SecurityHeaders:
@@ -84,31 +75,10 @@ class SecurityHeaders:
         await self.app(scope, receive, send_with_headers)
 
 
-def _page(name: str):
-    async def page(request: Request) -> Response:
-        path = WEB_DIR / name
-        if not path.is_file():
-            return OrjsonResponse({"error": {"code": "not_found", "message": f"{name} is not built",
-                                           "details": None}}, status_code=404)
-        return FileResponse(path, headers={"Cache-Control": "no-cache"})
-
-    page.__doc__ = f"The browser page {name}."
-    return page
-
-
 def _clusters(settings: Settings, self_url: str) -> list[Cluster]:
     if settings.clusters_file:
         return load_clusters_file(settings.clusters_file)
     return [Cluster("sim", "Simulated cluster", self_url.rstrip("/") + "/sim")]
-
-
-async def _ensure_demo_users(accounts: Accounts) -> None:
-    for username, password, role in DEMO_USERS:
-        if not await accounts.verify_password(username, password):
-            try:
-                await accounts.create_user(username, password, role)
-            except AppError:
-                await accounts.set_password(username, password)
 
 
 # How uvicorn serves the app (`serve` and the tests' servers alike). Socket.IO compresses
@@ -119,55 +89,21 @@ UVICORN_OPTIONS = {"lifespan": "on", "ws_per_message_deflate": False, "ws_ping_i
 
 def create_app(settings: Settings, *, self_url: str = "http://127.0.0.1:8000", extra_routes=None):
     """Build the ASGI app: Starlette routes wrapped by the Socket.IO server."""
-    realtime = Realtime(settings)
+    install_fast_writer()  # Engine.IO's per-socket writer without a Task per packet (Python 3.11)
+    sio = create_socketio_server(settings)
     route_modules = [auth_routes, jobs_routes, scope_routes, admin_routes, ops]
     # read now, so a wrong clusters file stops start-up with a message naming the variable
     cluster_list = _clusters(settings, self_url)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette):
-        db = Db(settings.database_url)
-        await db.connect()
-        await migrate(db)
-        accounts = Accounts(db)
-        if settings.demo:
-            await _ensure_demo_users(accounts)
-        clusters = ClusterRegistry(cluster_list)
-        client = TmsClient(settings.upstream_timeout, settings.upstream_connections)
-        jobs = JobStore(db)
-        runner = JobRunner(jobs, clusters, client, job_concurrency=settings.job_concurrency,
-                           batch_concurrency=settings.batch_concurrency, lease_seconds=settings.lease_seconds)
-        services = Services(settings=settings, db=db, accounts=accounts,
-                            auth=Authenticator(accounts, settings.secret_key, settings.session_days),
-                            audit=AuditLog(db), jobs=jobs, clusters=clusters, client=client, runner=runner)
-        services.cache = AppStatusCache(
-            db, client, batch_size=settings.appstatus_batch_size, concurrency=settings.appstatus_concurrency,
-            cleanup_interval=settings.appstatus_cleanup_interval,
-            claim_seconds=2 * settings.upstream_timeout + 10)
-        services.scope = JobScope(services)
-        realtime.attach(services)
-        await realtime.start()
-        await runner.start()
-        await services.cache.start()
-        await services.scope.start()
-        retention = services.extras["retention"] = RetentionTask(db, settings)
-        await retention.start()
-        try:
+        demo_users = DEMO_USERS if settings.demo else ()
+        async with running_services(settings, sio, ClusterRegistry(cluster_list), demo_users=demo_users) as services:
             yield {"services": services}
-        finally:
-            await retention.stop()
-            await runner.stop()
-            await services.scope.stop()
-            await services.cache.stop()
-            await realtime.stop()
-            await client.aclose()
-            await db.disconnect()
 
     routes = [route for module in route_modules for route in module.routes()]
-    routes += [Route("/", _page("index.html")), Route("/wallboard", _page("wallboard.html"))]
+    routes += web.routes()  # /, /wallboard and /web/...
     routes += list(extra_routes or [])
-    if WEB_DIR.is_dir():
-        routes.append(Mount("/web", app=StaticFiles(directory=WEB_DIR), name="web"))
     if settings.embedded_simulator:
         try:
             knobs = knobs_from_env(settings.sim_env)
@@ -180,4 +116,4 @@ def create_app(settings: Settings, *, self_url: str = "http://127.0.0.1:8000", e
         exception_handlers={AppError: _app_error, HTTPException: _http_error, Exception: _server_error},
     )
     app.add_middleware(SecurityHeaders)
-    return socketio.ASGIApp(realtime.sio, other_asgi_app=app, socketio_path="socket.io")
+    return socketio.ASGIApp(sio, other_asgi_app=app, socketio_path="socket.io")

@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping
 
+from server.parsing import parse_bool
+
 PREFIX = "JOBMON_"
 PLACEHOLDER_SECRETS = {"changeme", "change-me", "secret", "password", "xxx", "todo"}
 
@@ -107,12 +109,10 @@ def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
     raw = env.get(PREFIX + name)
     if raw is None or raw == "":
         return default
-    lowered = raw.strip().lower()
-    if lowered in {"1", "true", "yes", "on"}:
-        return True
-    if lowered in {"0", "false", "no", "off"}:
-        return False
-    raise ConfigError(f"{PREFIX}{name}={raw!r}: expected true or false")
+    try:
+        return parse_bool(raw)
+    except ValueError:
+        raise ConfigError(f"{PREFIX}{name}={raw!r}: expected true or false") from None
 
 
 def _database_url(env: Mapping[str, str], data_dir: Path) -> str:

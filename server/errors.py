@@ -10,12 +10,25 @@
     ├── TooManyRequests      429  rate_limited
     └── BadGateway           502  upstream_error (a cluster call failed and nothing partial is useful)
 
-Every error body is `{"error": {"code", "message", "details"}}`.
+Every error body is `{"error": {"code", "message", "details"}}`, written by `error_body` (HTTP
+answers) and `error_ack` (Socket.IO acks, which also carry the HTTP-like `status`).
 """
 
 from __future__ import annotations
 
 from typing import Any
+
+
+def error_body(code: str, message: str, details: Any = None) -> dict:
+    """The JSON body of an error answer."""
+    return {"error": {"code": code, "message": message, "details": details}}
+
+
+def error_ack(code: str, message: str, status: int = 400, details: Any = None) -> dict:
+    """The ack of a Socket.IO event that failed: the error body plus the HTTP-like status."""
+    body = error_body(code, message, details)
+    body["error"]["status"] = status
+    return body
 
 
 class AppError(Exception):
@@ -33,7 +46,11 @@ class AppError(Exception):
 
     def to_dict(self) -> dict:
         """The JSON body of this error."""
-        return {"error": {"code": self.code, "message": self.message, "details": self.details}}
+        return error_body(self.code, self.message, self.details)
+
+    def to_ack(self) -> dict:
+        """This error as a Socket.IO ack."""
+        return error_ack(self.code, self.message, self.status, self.details)
 
 
 class BadRequest(AppError):

@@ -1,36 +1,113 @@
-"""The objects a running server is made of, built once in the lifespan and passed around."""
+"""The objects a running server is made of: built once, in dependency order, by
+`running_services` (the app's lifespan), then passed to handlers through `request.state.services`."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
+import contextlib
+import logging
+from dataclasses import dataclass
 
-from server.accounts.store import Accounts
+import socketio
+
 from server.accounts.audit import AuditLog
 from server.accounts.auth import Authenticator
-from server.upstream.clusters import ClusterRegistry
+from server.accounts.store import Accounts
+from server.admin.queries import AdminQueries
+from server.appstatus.cache import AppStatusCache
+from server.appstatus.scope import JobScope
 from server.config import Settings
-from server.db import Db
-from server.jobs.store import JobStore
+from server.db import Db, migrate
+from server.jobs.cursors import CursorCodec
+from server.jobs.events import JobEventLog
+from server.jobs.retention import RetentionTask
 from server.jobs.runner import JobRunner
+from server.jobs.store import JobStore
+from server.realtime.alerts import Alerts
+from server.realtime.emitter import SocketEmitter
+from server.realtime.fanout import Fanout
+from server.realtime.live_stats import LiveStats
+from server.realtime.namespace import Realtime
+from server.stats.aggregates import AdminStats
 from server.upstream.client import TmsClient
+from server.upstream.clusters import ClusterRegistry
+
+logger = logging.getLogger(__name__)
 
 
-@dataclass
+@dataclass(frozen=True, slots=True)
 class Services:
-    """Everything a request handler or event handler may need; reached via `request.state`."""
+    """Everything a request handler may need, fully built before the first request."""
 
     settings: Settings
     db: Db
     accounts: Accounts
     auth: Authenticator
     audit: AuditLog
-    jobs: JobStore
     clusters: ClusterRegistry
     client: TmsClient
+    jobs: JobStore
     runner: JobRunner
-    # filled by the modules that own them (realtime, app-status cache); None when not running
-    realtime: Any = None
-    cache: Any = None
-    scope: Any = None  # scope.JobScope: job customer states, app status and its watches
-    extras: dict = field(default_factory=dict)
+    cache: AppStatusCache
+    scope: JobScope
+    admin: AdminQueries
+    admin_stats: AdminStats
+    retention: RetentionTask
+    realtime: Realtime
+
+
+@contextlib.asynccontextmanager
+async def running_services(settings: Settings, sio: socketio.AsyncServer, clusters: ClusterRegistry,
+                           *, demo_users: tuple[tuple[str, str, str], ...] = ()):
+    """Build every service in dependency order, start the background work, and stop it all
+    (in reverse) when the block ends. Each object gets what it uses in its constructor."""
+    db = Db(settings.database_url)
+    await db.connect()
+    try:
+        await migrate(db)
+        cursors = CursorCodec(settings.secret_key)
+        accounts = Accounts(db)
+        for username, password, role in demo_users:
+            await accounts.ensure_user(username, password, role)
+        auth = Authenticator(accounts, settings.secret_key, settings.session_days)
+        audit = AuditLog(db, cursors)
+        client = TmsClient(settings.upstream_timeout, settings.upstream_connections)
+        # the realtime side first: the job store hands every committed event to it
+        emitter = SocketEmitter(sio)
+        events = JobEventLog(db)
+        fanout = Fanout(sio, events, settings.redis_url, settings.redis_channel)
+        live_stats = LiveStats(db, emitter, fanout, multi_node=bool(settings.redis_url))
+        alerts = Alerts(db, emitter, stuck_after_ms=int(settings.stuck_after * 1000),
+                        cluster_failures=settings.cluster_alert_after)
+        jobs = JobStore(db, cursors, subscribers=(fanout.publish, live_stats.job_events, alerts.job_events))
+        runner = JobRunner(jobs, clusters, client, job_concurrency=settings.job_concurrency,
+                           batch_concurrency=settings.batch_concurrency, lease_seconds=settings.lease_seconds,
+                           on_batch_done=alerts.batch_done)
+        cache = AppStatusCache(db, client, batch_size=settings.appstatus_batch_size,
+                               concurrency=settings.appstatus_concurrency,
+                               cleanup_interval=settings.appstatus_cleanup_interval,
+                               claim_seconds=2 * settings.upstream_timeout + 10)
+        scope = JobScope(jobs, cache, clusters, client, emitter, appstatus_ttl=settings.appstatus_ttl,
+                         states_max_pages=settings.states_max_pages)
+        realtime = Realtime(sio, settings, auth=auth, accounts=accounts, jobs=jobs, events=events, fanout=fanout,
+                            alerts=alerts, live_stats=live_stats, scope=scope)
+        services = Services(
+            settings=settings, db=db, accounts=accounts, auth=auth, audit=audit, clusters=clusters, client=client,
+            jobs=jobs, runner=runner, cache=cache, scope=scope, admin=AdminQueries(db, accounts, cursors),
+            admin_stats=AdminStats(db), retention=RetentionTask(db, settings), realtime=realtime)
+    except BaseException:
+        await db.disconnect()
+        raise
+    started = []
+    try:
+        for component in (realtime, runner, cache, scope, services.retention):
+            await component.start()
+            started.append(component)
+        yield services
+    finally:
+        for component in reversed(started):
+            try:
+                await component.stop()
+            except Exception:
+                logger.exception("stopping %r failed", component)
+        await client.aclose()
+        await db.disconnect()

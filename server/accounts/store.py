@@ -17,8 +17,8 @@ import sqlalchemy as sa
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 
-from server.db import schema as tables
 from server.db import INTEGRITY_ERRORS, Db
+from server.db import schema as tables
 from server.errors import BadRequest, Conflict, NotFound
 from server.timeutil import iso, now_ms
 
@@ -97,23 +97,54 @@ class Accounts:
             raise Conflict(f"User {username!r} already exists") from None
         return {"id": user_id, "username": username, "role": role}
 
+    async def ensure_user(self, username: str, password: str, role: str) -> None:
+        """Make sure the user exists and has this password (the demo logins)."""
+        if not await self.verify_password(username, password):
+            try:
+                await self.create_user(username, password, role)
+            except Conflict:
+                await self.set_password(username, password)
+
     async def set_password(self, username: str, password: str) -> None:
         password_hash = await asyncio.to_thread(self._hasher.hash, password)
         await self.db.execute(tables.users.update().where(tables.users.c.username == username)
                               .values(password_hash=password_hash))
 
-    async def user_count(self) -> int:
-        return await self.db.fetch_val(sa.select(sa.func.count()).select_from(tables.users))
-
-    async def get_user(self, user_id: int) -> dict | None:
-        row = await self.db.fetch_one(sa.select(tables.users).where(tables.users.c.id == user_id))
+    async def user_by_name(self, username: str) -> dict | None:
+        """A user (id, username, role, disabled) by username, or None."""
+        u = tables.users
+        row = await self.db.fetch_one(sa.select(u.c.id, u.c.username, u.c.role, u.c.disabled)
+                                      .where(u.c.username == username))
         return dict(row._mapping) if row else None
 
+    async def find_user(self, raw: str) -> dict | None:
+        """A user named by id (digits) or username: {id, username, role}, or None."""
+        u = tables.users
+        query = sa.select(u.c.id, u.c.username, u.c.role)
+        if raw.isdigit() and len(raw) <= 12:
+            query = query.where(u.c.id == int(raw))
+        else:
+            query = query.where(u.c.username == raw)
+        row = await self.db.fetch_one(query)
+        return dict(row._mapping) if row else None
+
+    async def usernames(self, user_ids: set[int]) -> dict[int, str]:
+        """The username of each of these user ids."""
+        u = tables.users
+        names: dict[int, str] = {}
+        ids = sorted(user_ids)
+        for start in range(0, len(ids), 500):
+            rows = await self.db.fetch_all(sa.select(u.c.id, u.c.username).where(u.c.id.in_(ids[start:start + 500])))
+            names.update((r.id, r.username) for r in rows)
+        return names
+
     async def list_users(self) -> list[dict]:
-        rows = await self.db.fetch_all(sa.select(tables.users.c.id, tables.users.c.username,
-                                                 tables.users.c.role, tables.users.c.created_at)
-                                       .order_by(tables.users.c.username))
-        return [{"id": r.id, "username": r.username, "role": r.role, "created_at": iso(r.created_at)} for r in rows]
+        """Every user (id, username, role, created_at, disabled), by username."""
+        u = tables.users
+        rows = await self.db.fetch_all(sa.select(u.c.id, u.c.username, u.c.role, u.c.created_at, u.c.disabled)
+                                       .order_by(u.c.username))
+        return [{"id": r.id, "username": r.username, "role": r.role, "created_at": iso(r.created_at),
+                 "disabled": bool(r.disabled)} for r in rows]
 
     async def verify_password(self, username: str, password: str) -> dict | None:
         """The user if the password is right, else None (in constant-ish time either way)."""
@@ -156,8 +187,26 @@ class Accounts:
         await self.db.execute(tables.sessions.update().where(tables.sessions.c.id == session_id)
                               .values(revoked_at=now_ms()))
 
-    async def session_is_live(self, session_id: str) -> bool:
-        return await self.session_principal(session_id) is not None
+    async def live_session_ids(self, ids: set[str]) -> set[str]:
+        """Which of these sessions are still live (not revoked or expired, user not disabled)."""
+        return await self._live(tables.sessions, ids, with_expiry=True)
+
+    async def live_token_ids(self, ids: set[int]) -> set[int]:
+        """Which of these API tokens are still live (not revoked, user not disabled)."""
+        return await self._live(tables.api_tokens, ids, with_expiry=False)
+
+    async def _live(self, table: sa.Table, ids: set, *, with_expiry: bool) -> set:
+        users = tables.users
+        live: set = set()
+        ids_list = sorted(ids)
+        for start in range(0, len(ids_list), 500):
+            query = (sa.select(table.c.id).select_from(table.join(users, users.c.id == table.c.user_id))
+                     .where(table.c.id.in_(ids_list[start:start + 500]), table.c.revoked_at.is_(None),
+                            sa.not_(users.c.disabled)))
+            if with_expiry:
+                query = query.where(table.c.expires_at > now_ms())
+            live.update(r.id for r in await self.db.fetch_all(query))
+        return live
 
     # -- API tokens ------------------------------------------------------------------------
     async def create_token(self, user_id: int, role: str, scope: Scope, name: str) -> dict:
@@ -193,11 +242,6 @@ class Accounts:
         if scope is Scope.ADMIN and role != "admin":
             scope = Scope.WRITE
         return Principal(user_id, username, role, scope, "token", token_id=token_id)
-
-    async def token_is_live(self, token_id: int) -> bool:
-        revoked = await self.db.fetch_one(sa.select(tables.api_tokens.c.revoked_at)
-                                          .where(tables.api_tokens.c.id == token_id))
-        return revoked is not None and revoked.revoked_at is None
 
     async def list_tokens(self, user_id: int | None) -> list[dict]:
         t = tables.api_tokens

@@ -15,10 +15,6 @@ bound: error messages have no index). Cursors are signed, so a changed one is a 
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import hmac
-import json
 import math
 import re
 from dataclasses import dataclass, field
@@ -26,55 +22,21 @@ from dataclasses import dataclass, field
 import orjson
 import sqlalchemy as sa
 
-from server.db import schema as tables
+from server.accounts.store import Accounts
 from server.db import Db
+from server.db import schema as tables
 from server.errors import BadRequest, NotFound
+from server.jobs.cursors import CursorCodec
 from server.jobs.store import FINAL_STATUSES, JobStatus, parse_job_id, public_job
+from server.parsing import is_int as _is_int
+from server.parsing import like_escape as _like_escape
+from server.stats.counts import status_counts, status_counts_by_user
 from server.timeutil import iso, now_ms
 
 MAX_LIMIT = 500
 ERROR_SEARCH_WINDOW = 5_000
 JOB_ID_PREFIX = re.compile(r"^[0-9a-f][0-9a-f-]{3,35}$")
 FULL_JOB_ID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
-
-
-class CursorCodec:
-    """Opaque, signed page cursors: a client can pass one back but not forge or edit one."""
-
-    def __init__(self, secret: str):
-        self._key = hashlib.sha256(b"jobmon-admin-cursor:" + secret.encode()).digest()
-
-    def _mac(self, body: bytes) -> bytes:
-        return hmac.new(self._key, body, hashlib.sha256).digest()[:12]
-
-    def encode(self, kind: str, *parts: object) -> str:
-        body = json.dumps([kind, *parts], separators=(",", ":")).encode()
-        return _b64(body) + "." + _b64(self._mac(body))
-
-    def decode(self, raw: str, kind: str, field: str = "cursor") -> list:
-        """The parts of a cursor of this kind; 400 naming `field` when it is malformed or changed."""
-        try:
-            body_text, _, mac_text = raw.partition(".")
-            body = _unb64(body_text)
-            if not hmac.compare_digest(self._mac(body), _unb64(mac_text)):
-                raise ValueError("bad signature")
-            parts = json.loads(body)
-            if not isinstance(parts, list) or not parts or parts[0] != kind:
-                raise ValueError("wrong kind")
-            return parts[1:]
-        except (ValueError, TypeError, UnicodeDecodeError):
-            raise BadRequest(f"Malformed '{field}': pass back the next_cursor of a previous page of this "
-                             "same list", code="validation_error", details={"field": field}) from None
-
-
-def _b64(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).decode().rstrip("=")
-
-
-def _unb64(text: str) -> bytes:
-    if not text or len(text) > 2000:
-        raise ValueError("empty")
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
 @dataclass(frozen=True)
@@ -145,9 +107,10 @@ class _Plan:
 class AdminQueries:
     """Read-only queries of the admin pages."""
 
-    def __init__(self, db: Db, cursor_secret: str):
+    def __init__(self, db: Db, accounts: Accounts, cursors: CursorCodec):
         self.db = db
-        self.cursors = CursorCodec(cursor_secret)
+        self.accounts = accounts
+        self.cursors = cursors
 
     # -- the job list ----------------------------------------------------------------------
     async def list_jobs(self, f: JobFilter, sort: SortKey, descending: bool, cursor: str | None,
@@ -210,16 +173,8 @@ class AdminQueries:
         return rows[:limit], len(rows) > limit
 
     async def _counts(self, f: JobFilter) -> _Counts:
-        jc = tables.job_counts
-        by_status = {s.value: 0 for s in JobStatus}
-        for row in await self.db.fetch_all(sa.select(jc.c.status, sa.func.sum(jc.c.n).label("n"))
-                                           .group_by(jc.c.status)):
-            by_status[row.status] = int(row.n)
-        by_user = None
-        if f.user_id is not None:
-            by_user = {s.value: 0 for s in JobStatus}
-            for row in await self.db.fetch_all(sa.select(jc.c.status, jc.c.n).where(jc.c.user_id == f.user_id)):
-                by_user[row.status] = int(row.n)
+        by_status = await status_counts(self.db)
+        by_user = await status_counts(self.db, f.user_id) if f.user_id is not None else None
         counts = _Counts(by_status, by_user, now=now_ms())
         j = tables.jobs
         for column in f.date_ranges():
@@ -314,28 +269,27 @@ class AdminQueries:
 
     async def _load(self, keys: list[dict]) -> list[dict]:
         """The jobs of a page (in its order), each with its owner's username."""
-        j, u = tables.jobs, tables.users
-        rows = await self.db.fetch_dicts(
-            sa.select(j, u.c.username)
-            .select_from(j.join(u, u.c.id == j.c.user_id)).where(j.c.job_id.in_([k["job_id"] for k in keys])))
+        j = tables.jobs
+        rows = await self.db.fetch_dicts(sa.select(j).where(j.c.job_id.in_([k["job_id"] for k in keys])))
         by_id = {row["job_id"]: row for row in rows}
+        names = await self.accounts.usernames({row["user_id"] for row in rows})
         jobs = []
         for key in keys:
             row = by_id[key["job_id"]]
             job = public_job(row)
-            job["username"] = row["username"]
+            job["username"] = names.get(row["user_id"])
             jobs.append(job)
         return jobs
 
     # -- one job -------------------------------------------------------------------------------
     async def job_detail(self, raw_job_id: str, events_limit: int = 200) -> dict:
         """A job with its owner, processing time, attempts, retries, customer outcomes and events."""
-        j, u, e, c = tables.jobs, tables.users, tables.job_events, tables.job_customers
+        j, e, c = tables.jobs, tables.job_events, tables.job_customers
         job_id = parse_job_id(raw_job_id)
         row = await self.db.fetch_one(sa.select(j).where(j.c.job_id == job_id))
         if row is None:
             raise NotFound("No such job")
-        owner = await self.db.fetch_one(sa.select(u.c.id, u.c.username, u.c.role).where(u.c.id == row.user_id))
+        owner = await self.accounts.find_user(str(row.user_id))  # {id, username, role} or None
         now = now_ms()
         final = JobStatus(row.status) in FINAL_STATUSES
         processing = row.duration_ms if final else (now - row.started_at if row.started_at else None)
@@ -354,10 +308,10 @@ class AdminQueries:
         retries = await self.db.fetch_all(sa.select(j.c.job_id, j.c.status, j.c.created_at)
                                           .where(j.c.parent_job_id == job_id).order_by(j.c.created_at))
         job = public_job(row)
-        job["username"] = owner.username if owner else None
+        job["username"] = owner["username"] if owner else None
         return {
             "job": job,
-            "owner": {"id": owner.id, "username": owner.username, "role": owner.role} if owner else None,
+            "owner": owner,
             "processing_ms": processing,
             "finished": final,
             "queued_ms": (row.started_at - row.created_at) if row.started_at else None,
@@ -406,64 +360,17 @@ class AdminQueries:
             result["pruned"] = bool(job.customer_count) and not counts
         return result
 
-    # -- audit log and users -------------------------------------------------------------------
-    async def audit(self, *, username: str | None, kinds: tuple[str, ...], at_from: int | None,
-                    at_to: int | None, cursor: str | None, limit: int) -> dict:
-        """Audit entries newest first (keyset on id), filtered by user, kinds and time."""
-        a = tables.audit_log
-        before = None
-        if cursor:
-            parts = self.cursors.decode(cursor, "audit")
-            if len(parts) != 1 or not _is_int(parts[0]):
-                raise BadRequest("Malformed 'cursor'", code="validation_error", details={"field": "cursor"})
-            before = parts[0]
-        conditions = []
-        if username is not None:
-            conditions.append(a.c.username == username)
-        if at_from is not None:
-            conditions.append(a.c.at >= at_from)
-        if at_to is not None:
-            conditions.append(a.c.at <= at_to)
-        if before is not None:
-            conditions.append(a.c.id < before)
-        # one ordered walk per kind (index kind, id), merged: never a sort of every matching entry
-        arms = [sa.select(a).where(*conditions, a.c.kind == kind).order_by(a.c.id.desc()).limit(limit + 1)
-                for kind in dict.fromkeys(kinds)] or [sa.select(a).where(*conditions).order_by(a.c.id.desc())
-                                                      .limit(limit + 1)]
-        if len(arms) == 1:
-            rows = await self.db.fetch_all(arms[0])
-        else:
-            union = sa.union_all(*[sa.select(arm.subquery()) for arm in arms]).subquery()
-            rows = await self.db.fetch_all(sa.select(union).order_by(union.c.id.desc()).limit(limit + 1))
-        page = rows[:limit]
-        return {
-            "entries": [{"id": r.id, "at": iso(r.at), "user_id": r.user_id, "username": r.username, "kind": r.kind,
-                         "subject": r.subject, "detail": _json_or_text(r.detail), "ip": r.ip} for r in page],
-            "next_cursor": self.cursors.encode("audit", page[-1].id) if len(rows) > limit else None,
-        }
-
+    # -- users -------------------------------------------------------------------------------
     async def users(self) -> list[dict]:
         """Every user with their role and job counts by status."""
-        u, jc = tables.users, tables.job_counts
-        rows = await self.db.fetch_all(sa.select(u.c.id, u.c.username, u.c.role, u.c.created_at, u.c.disabled)
-                                       .order_by(u.c.username))
-        counts: dict[int, dict[str, int]] = {}
-        for row in await self.db.fetch_all(sa.select(jc.c.user_id, jc.c.status, jc.c.n).where(jc.c.n != 0)):
-            counts.setdefault(row.user_id, {})[row.status] = int(row.n)
-        return [{"id": r.id, "username": r.username, "role": r.role, "created_at": iso(r.created_at),
-                 "disabled": bool(r.disabled), "jobs": {s.value: counts.get(r.id, {}).get(s.value, 0) for s in JobStatus},
-                 "job_total": sum(counts.get(r.id, {}).values())} for r in rows]
+        counts = await status_counts_by_user(self.db)
+        return [{**user, "jobs": {s.value: counts.get(user["id"], {}).get(s.value, 0) for s in JobStatus},
+                 "job_total": sum(counts.get(user["id"], {}).values())} for user in await self.accounts.list_users()]
 
-    async def resolve_user(self, raw: str, field: str = "user") -> tuple[int, str] | None:
+    async def resolve_user(self, raw: str) -> tuple[int, str] | None:
         """(id, username) of a user named by id or username, or None when there is no such user."""
-        u = tables.users
-        query = sa.select(u.c.id, u.c.username)
-        if raw.isdigit() and len(raw) <= 12:
-            query = query.where(u.c.id == int(raw))
-        else:
-            query = query.where(u.c.username == raw)
-        row = await self.db.fetch_one(query)
-        return (row.id, row.username) if row else None
+        user = await self.accounts.find_user(raw)
+        return (user["id"], user["username"]) if user else None
 
 
 def _hidden(column):
@@ -552,18 +459,3 @@ def _fraction(low: int | None, high: int | None, oldest: int, now: int) -> float
     return min(max((end - start) / span, 0.0), 1.0)
 
 
-def _like_escape(text: str) -> str:
-    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _json_or_text(raw: str | None):
-    if raw is None:
-        return None
-    try:
-        return orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        return raw

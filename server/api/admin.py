@@ -14,13 +14,21 @@ from starlette.requests import Request
 from starlette.responses import StreamingResponse
 from starlette.routing import Route
 
-from server.jobs.catalogue import resolve_action
 from server.admin.queries import MAX_LIMIT, SORTS, AdminQueries, JobFilter
-from server.stats.aggregates import MAX_WINDOW_DAYS, AdminStats, verify_aggregates
+from server.api.common import (
+    OrjsonResponse,
+    client_ip,
+    json_object,
+    query_int,
+    query_text,
+    services,
+)
 from server.errors import AppError, BadRequest
+from server.jobs.catalogue import resolve_action
 from server.jobs.store import CustomerStatus, JobStatus
+from server.parsing import parse_status_list
+from server.stats.aggregates import MAX_WINDOW_DAYS, verify_aggregates
 from server.timeutil import parse_iso
-from server.api.common import OrjsonResponse, client_ip, json_object, query_int, query_text, services
 
 LIST_PARAMS = {"status", "user", "action", "cluster", "text", "q", "created_from", "created_to",
                "finished_from", "finished_to", "sort", "order", "cursor", "limit", "format"}
@@ -35,7 +43,7 @@ CSV_COLUMNS = ("job_id", "username", "user_id", "action_name", "action_code", "c
 async def _admin(request: Request) -> AdminQueries:
     s = services(request)
     await s.auth.require_admin(request)
-    return AdminQueries(s.db, s.settings.secret_key)
+    return s.admin
 
 
 def _bad(name: str, message: str, **details) -> BadRequest:
@@ -73,13 +81,7 @@ def _range(request: Request, prefix: str) -> tuple[int | None, int | None]:
 
 
 def _statuses(raw: str | None, valid: list[str], name: str) -> tuple[str, ...]:
-    if raw is None:
-        return ()
-    values = tuple(dict.fromkeys(part.strip().upper() for part in raw.split(",") if part.strip()))
-    unknown = [value for value in values if value not in valid]
-    if unknown:
-        raise _bad(name, f"Unknown {name} {unknown[0][:40]!r}; valid: " + ", ".join(valid), valid=valid)
-    return values
+    return parse_status_list(raw, valid, name)
 
 
 async def _user(request: Request, admin: AdminQueries, name: str = "user") -> tuple[int, str] | None:
@@ -180,13 +182,10 @@ def _cell(value) -> object:
 
 async def job_stats(request: Request) -> OrjsonResponse:
     """All users' job figures, from the aggregates (never a scan of the jobs)."""
-    admin = await _admin(request)
+    await _admin(request)
     _only(request, {"days"})
     days = query_int(request, "days", 7, 1, MAX_WINDOW_DAYS)
-    stats = services(request).extras.get("admin_stats")
-    if stats is None:
-        stats = services(request).extras["admin_stats"] = AdminStats(admin.db)
-    return OrjsonResponse(await stats.figures(days))
+    return OrjsonResponse(await services(request).admin_stats.figures(days))
 
 
 async def verify_stats(request: Request) -> OrjsonResponse:
@@ -239,8 +238,9 @@ async def audit(request: Request) -> OrjsonResponse:
     if low is not None and high is not None and low > high:
         raise _bad("to", "'to' is before 'from'")
     limit = query_int(request, "limit", 100, 1, MAX_LIMIT)
-    return OrjsonResponse(await admin.audit(username=username, kinds=kinds, at_from=low, at_to=high,
-                                          cursor=query_text(request, "cursor", 2000), limit=limit))
+    return OrjsonResponse(await services(request).audit.entries(
+        username=username, kinds=kinds, at_from=low, at_to=high, cursor=query_text(request, "cursor", 2000),
+        limit=limit))
 
 
 async def list_users(request: Request) -> OrjsonResponse:
@@ -272,8 +272,7 @@ async def retention(request: Request) -> OrjsonResponse:
     s = services(request)
     await s.auth.require_admin(request)
     _only(request, set())
-    task = s.extras.get("retention")
-    return OrjsonResponse({"retention": task.status() if task else None})
+    return OrjsonResponse({"retention": s.retention.status()})
 
 
 def routes() -> list[Route]:

@@ -5,11 +5,11 @@ from __future__ import annotations
 from starlette.requests import Request
 from starlette.routing import Route
 
-from server.accounts.store import Scope
 from server.accounts.auth import SESSION_COOKIE
-from server.errors import BadRequest, TooManyRequests
-from server.timeutil import now_ms
+from server.accounts.store import Scope
 from server.api.common import OrjsonResponse, client_ip, json_object, services
+from server.errors import BadRequest, TooManyRequests, error_body
+from server.timeutil import now_ms
 
 
 async def login(request: Request) -> OrjsonResponse:
@@ -29,8 +29,7 @@ async def login(request: Request) -> OrjsonResponse:
     user = await s.accounts.verify_password(username, password)
     if user is None:
         await s.audit.record("login_failed", username=username, subject=username, ip=client_ip(request))
-        return OrjsonResponse({"error": {"code": "invalid_credentials", "message": "Wrong username or password",
-                                       "details": None}}, status_code=401)
+        return OrjsonResponse(error_body("invalid_credentials", "Wrong username or password"), status_code=401)
     session = await s.accounts.create_session(user["id"], s.settings.session_days)
     await s.audit.record("login", user_id=user["id"], username=username, subject=username, ip=client_ip(request))
     response = OrjsonResponse({"user": {"id": user["id"], "username": user["username"], "role": user["role"]},

@@ -10,6 +10,7 @@ from starlette.responses import Response
 
 from server.accounts.store import Principal, Scope
 from server.errors import BadRequest, PayloadTooLarge
+from server.parsing import parse_bool
 from server.services import Services
 
 MAX_JSON_BYTES = 64 * 1024
@@ -85,11 +86,10 @@ def query_bool(request: Request, name: str, default: bool) -> bool:
     raw = request.query_params.get(name)
     if raw is None or raw == "":
         return default
-    if raw.lower() in ("1", "true", "yes"):
-        return True
-    if raw.lower() in ("0", "false", "no"):
-        return False
-    raise BadRequest(f"'{name}' must be true or false", code="validation_error", details={"field": name})
+    try:
+        return parse_bool(raw)
+    except ValueError:
+        raise BadRequest(f"'{name}' must be true or false", code="validation_error", details={"field": name}) from None
 
 
 def query_text(request: Request, name: str, max_length: int = 200) -> str | None:

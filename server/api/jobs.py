@@ -9,11 +9,26 @@ from starlette.requests import Request
 from starlette.routing import Route
 
 from server.accounts.store import Scope
-from server.jobs.catalogue import ACTIONS, parse_cid_csv, parse_cid_text, resolve_action, validate_cids
+from server.api.common import (
+    OrjsonResponse,
+    client_ip,
+    job_in_path,
+    json_object,
+    query_int,
+    query_text,
+    services,
+)
 from server.errors import BadRequest, Conflict, PayloadTooLarge
-from server.jobs.store import CustomerStatus, JobStatus, decode_cursor
+from server.jobs.catalogue import (
+    ACTIONS,
+    parse_cid_csv,
+    parse_cid_text,
+    resolve_action,
+    validate_cids,
+)
+from server.jobs.store import CustomerStatus, JobStatus
+from server.parsing import parse_status_list
 from server.stats.live import daily_figures, job_stats
-from server.api.common import OrjsonResponse, client_ip, job_in_path, json_object, query_int, query_text, services
 
 IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,200}$")
 UPSTREAM_TOKEN = re.compile(r"^[\x21-\x7e]{1,4096}$")
@@ -113,16 +128,8 @@ async def create_set_action(request: Request) -> OrjsonResponse:
 
 
 def _statuses(request: Request) -> list[str] | None:
-    raw = query_text(request, "status")
-    if raw is None:
-        return None
-    statuses = [part.strip().upper() for part in raw.split(",") if part.strip()]
-    valid = {status.value for status in JobStatus}
-    unknown = [status for status in statuses if status not in valid]
-    if unknown:
-        raise BadRequest(f"Unknown status {unknown[0]!r}; valid: " + ", ".join(sorted(valid)),
-                         code="validation_error", details={"field": "status"})
-    return statuses
+    statuses = parse_status_list(query_text(request, "status"), sorted(s.value for s in JobStatus))
+    return list(statuses) if statuses else None
 
 
 async def my_jobs(request: Request) -> OrjsonResponse:
@@ -157,7 +164,12 @@ async def job_customers(request: Request) -> OrjsonResponse:
                              + ", ".join(c.value for c in CustomerStatus),
                              code="validation_error", details={"field": "status"})
     cursor = query_text(request, "cursor", 200)
-    after = decode_cursor(cursor, (int,))[0] if cursor else -1
+    after = -1
+    if cursor:
+        cursor_job, after = services(request).jobs.cursors.decode(cursor, "customers", (str, int))
+        if cursor_job != job["job_id"]:
+            raise BadRequest("This 'cursor' belongs to another job's customers: start again without it",
+                             code="validation_error", details={"field": "cursor"})
     page = await services(request).jobs.list_customers(
         job["job_id"], status=status, after_seq=after, limit=query_int(request, "limit", 500, 1, 5000))
     return OrjsonResponse({"job_id": job["job_id"], **page})

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import sqlalchemy as sa
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 
-from server.db import schema as tables
 from server.api.common import OrjsonResponse, services
+from server.stats.counts import status_counts
 
 
 async def healthz(request: Request) -> OrjsonResponse:
@@ -20,7 +19,7 @@ async def readyz(request: Request) -> OrjsonResponse:
     """The database answers: ready to take traffic."""
     s = services(request)
     try:
-        await s.db.fetch_val(sa.select(tables.schema_version.c.version))
+        await s.db.ping()
     except Exception as exc:
         return OrjsonResponse({"status": "unavailable", "database": type(exc).__name__}, status_code=503)
     return OrjsonResponse({"status": "ready", "node": s.runner.node_id})
@@ -30,17 +29,14 @@ async def metrics(request: Request) -> PlainTextResponse:
     """Prometheus text format: jobs by status, this node's running jobs and sockets."""
     s = services(request)
     lines = ["# HELP jobmon_jobs Jobs by status (all users).", "# TYPE jobmon_jobs gauge"]
-    jc = tables.job_counts
-    rows = await s.db.fetch_all(sa.select(jc.c.status, sa.func.sum(jc.c.n).label("n")).group_by(jc.c.status))
-    for row in rows:
-        lines.append(f'jobmon_jobs{{status="{row.status}"}} {int(row.n)}')
+    for status, n in (await status_counts(s.db)).items():
+        lines.append(f'jobmon_jobs{{status="{status}"}} {n}')
     lines += ["# HELP jobmon_node_running_jobs Jobs this node is executing.",
               "# TYPE jobmon_node_running_jobs gauge",
               f"jobmon_node_running_jobs {len(s.runner.running_jobs)}"]
-    if s.realtime is not None:
-        lines += ["# HELP jobmon_node_sockets Socket.IO clients connected to this node.",
-                  "# TYPE jobmon_node_sockets gauge",
-                  f"jobmon_node_sockets {s.realtime.connected_count}"]
+    lines += ["# HELP jobmon_node_sockets Socket.IO clients connected to this node.",
+              "# TYPE jobmon_node_sockets gauge",
+              f"jobmon_node_sockets {s.realtime.connected_count}"]
     return PlainTextResponse("\n".join(lines) + "\n", media_type="text/plain; version=0.0.4")
 
 

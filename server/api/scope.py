@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
-import sqlalchemy as sa
 from starlette.requests import Request
 from starlette.routing import Route
 
-from server.db import schema as tables
 from server.accounts.store import Scope
-from server.jobs.catalogue import validate_cids
-from server.errors import BadRequest, Forbidden
+from server.api.common import (
+    OrjsonResponse,
+    client_ip,
+    job_in_path,
+    json_object,
+    query_bool,
+    services,
+)
 from server.appstatus.scope import parse_app, parse_ttl
-from server.api.common import OrjsonResponse, client_ip, job_in_path, json_object, query_bool, services
+from server.errors import BadRequest, Forbidden
+from server.jobs.catalogue import validate_cids
 
 INVALIDATE_FIELDS = {"job_id", "cids", "app", "cluster", "all"}
 
@@ -46,12 +51,7 @@ async def _cids_of_job(request: Request, job_id: str, raw: object) -> list[str]:
     """The CIDs given, each of which must be a customer of the job."""
     s = services(request)
     cids = validate_cids(raw, s.settings.max_cids)
-    c = tables.job_customers
-    known: set[str] = set()
-    for start in range(0, len(cids), 500):
-        rows = await s.db.fetch_all(sa.select(c.c.cid).where(c.c.job_id == job_id,
-                                                             c.c.cid.in_(cids[start:start + 500])))
-        known.update(row._mapping[0] for row in rows)
+    known = await s.jobs.customers_of(job_id, cids)
     strangers = [cid for cid in cids if cid not in known]
     if strangers:
         raise BadRequest(f"{len(strangers)} CID(s) are not customers of this job, e.g. {strangers[0]!r}",

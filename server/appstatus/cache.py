@@ -33,11 +33,11 @@ from operator import itemgetter
 import orjson
 import sqlalchemy as sa
 
-from server.db import schema as tables
-from server.upstream.clusters import Cluster
 from server.db import Db
+from server.db import schema as tables
 from server.timeutil import iso, now_ms
 from server.upstream.client import TmsClient, UpstreamError
+from server.upstream.clusters import Cluster
 
 logger = logging.getLogger(__name__)
 

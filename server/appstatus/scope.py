@@ -15,16 +15,13 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-import sqlalchemy as sa
-
-from server.db import schema as tables
-from server.appstatus.cache import Lookup
+from server.appstatus.cache import AppStatusCache, Lookup
 from server.errors import BadGateway, BadRequest, TooManyRequests
-from server.jobs.store import public_job
-from server.realtime.namespace import job_room
-from server.services import Services
+from server.jobs.store import JobStore, public_job
+from server.realtime.emitter import Emitter, job_room
 from server.timeutil import iso, now_ms
-from server.upstream.client import UpstreamError
+from server.upstream.client import TmsClient, UpstreamError
+from server.upstream.clusters import ClusterRegistry
 
 logger = logging.getLogger(__name__)
 
@@ -82,8 +79,15 @@ class _Watch:
 class JobScope:
     """Customer states and app status for one job's customers, and the watches on them."""
 
-    def __init__(self, services: Services):
-        self.services = services
+    def __init__(self, jobs: JobStore, cache: AppStatusCache, clusters: ClusterRegistry, client: TmsClient,
+                 emitter: Emitter, *, appstatus_ttl: int, states_max_pages: int):
+        self.jobs = jobs
+        self.cache = cache
+        self.clusters = clusters
+        self.client = client
+        self.emitter = emitter
+        self.appstatus_ttl = appstatus_ttl
+        self.states_max_pages = states_max_pages
         self._watches: dict[tuple[str, str], _Watch] = {}
         self._task: asyncio.Task | None = None
         # references to the running refreshes, so none is collected mid-way or outlives stop()
@@ -102,24 +106,19 @@ class JobScope:
     # -- customer states ----------------------------------------------------------------------
     async def customer_states(self, job: dict) -> dict:
         """The cluster's state of each of the job's customers (all pages), with the job's result."""
-        s = self.services
-        cluster = s.clusters.get(job["cluster"])
-        c = tables.job_customers
-        rows = await s.db.fetch_all(
-            sa.select(c.c.cid, c.c.status, c.c.http_status, c.c.error_message, c.c.updated_at)
-            .where(c.c.job_id == job["job_id"]).order_by(c.c.seq))
-        results = [tuple(row._mapping) for row in rows]
+        cluster = self.clusters.get(job["cluster"])
+        results = await self.jobs.customer_results(job["job_id"])
         wanted = {row[0] for row in results}
         found: dict[str, dict] = {}
         page: int | None = 1
         pages = 0
         while page is not None and len(found) < len(wanted):  # stop once every CID is seen
-            if pages >= s.settings.states_max_pages:
+            if pages >= self.states_max_pages:
                 raise BadGateway(f"Cluster '{cluster.id}' lists more than {pages} pages of customers; "
                                  "raise JOBMON_STATES_MAX_PAGES to read them all",
                                  details={"cluster": cluster.id, "pages_read": pages})
             try:
-                customers, next_page = await s.client.customer_states_page(cluster, page)
+                customers, next_page = await self.client.customer_states_page(cluster, page)
             except UpstreamError as exc:
                 raise BadGateway(exc.message, details={"cluster": cluster.id, "page": page,
                                                        "http_status": exc.http_status}) from None
@@ -151,9 +150,8 @@ class JobScope:
                 "cache_misses": lookup.misses, "failed_cids": lookup.failed, "appstatus": lookup.statuses}
 
     async def _lookup(self, job: dict, app: str, ttl_seconds: int, skip_cache: bool) -> Lookup:
-        s = self.services
         # counted for the job's owner: a user's cache stats are those of their own jobs
-        lookup = await s.cache.lookup_job(s.clusters.get(job["cluster"]), job["job_id"], app,
+        lookup = await self.cache.lookup_job(self.clusters.get(job["cluster"]), job["job_id"], app,
                                           ttl_seconds=ttl_seconds, skip_cache=skip_cache,
                                           user_id=job["user_id"])
         if lookup.misses:
@@ -161,13 +159,10 @@ class JobScope:
         return lookup
 
     async def _push(self, job_id: str, app: str, lookup: Lookup) -> None:
-        realtime = self.services.realtime
-        if realtime is None:
-            return
         payload = {"job_id": job_id, "app": app, "statuses": lookup.statuses, "cache_hits": lookup.hits,
                    "cache_misses": lookup.misses, "failed_cids": lookup.failed}
         try:
-            await realtime.sio.emit("appstatus-update", payload, room=job_room(job_id))
+            await self.emitter.emit("appstatus-update", payload, job_room(job_id))
         except Exception:  # the answer to the request matters more than the push
             logger.exception("could not push appstatus-update for job %s", job_id)
 
@@ -175,12 +170,12 @@ class JobScope:
     def watch_params(self, data: Any) -> tuple[str, int]:
         """(app, ttl_seconds) of a watch request; 400 for anything else."""
         data = data if isinstance(data, dict) else {}
-        return parse_app(data.get("app")), parse_ttl(data.get("ttl_seconds"), self.services.settings.appstatus_ttl)
+        return parse_app(data.get("app")), parse_ttl(data.get("ttl_seconds"), self.appstatus_ttl)
 
     async def watch(self, sid: str, job_id: str, app: str, ttl_seconds: int) -> dict:
         """Keep this job's app status fresh while the socket stays in the job's room (the caller
         checked ownership and put the socket in the room)."""
-        job = public_job(await self.services.jobs.get_row(job_id))
+        job = public_job(await self.jobs.get_row(job_id))
         key = (job_id, app)
         watch = self._watches.get(key)
         if watch is None:
@@ -211,12 +206,11 @@ class JobScope:
                 logger.exception("app-status watch tick failed")
 
     def _tick(self) -> None:
-        sio = self.services.realtime.sio if self.services.realtime else None
         now = now_ms()
         for key, watch in list(self._watches.items()):
             room = job_room(watch.job["job_id"])
             # a socket that unsubscribed or disconnected is no longer in the room
-            watch.sids = {sid for sid in watch.sids if sio is not None and room in sio.rooms(sid)}
+            watch.sids = {sid for sid in watch.sids if self.emitter.in_room(sid, room)}
             if not watch.sids:
                 del self._watches[key]
                 continue

@@ -79,17 +79,14 @@ def _create_user(args: argparse.Namespace) -> int:
 
 
 def _create_token(args: argparse.Namespace) -> int:
-    import sqlalchemy as sa
-
-    from server.db import schema as tables
     from server.accounts.store import Scope
     from server.errors import AppError
 
     async def action(accounts):
-        row = await accounts.db.fetch_one(sa.select(tables.users).where(tables.users.c.username == args.user))
-        if row is None:
+        user = await accounts.user_by_name(args.user)
+        if user is None:
             raise AppError(f"no user {args.user!r}")
-        return await accounts.create_token(row.id, row.role, Scope.parse(args.scope), args.name)
+        return await accounts.create_token(user["id"], user["role"], Scope.parse(args.scope), args.name)
 
     try:
         token = asyncio.run(_with_accounts(action))

@@ -15,7 +15,11 @@ import sqlalchemy as sa
 from databases import Database
 from databases.core import DatabaseURL
 
-from server.db.databases_compat import ReusingSQLitePool, install_sqlite_pool, release_cancelled_connection
+from server.db.databases_compat import (
+    ReusingSQLitePool,
+    install_sqlite_pool,
+    release_cancelled_connection,
+)
 
 # What a unique or foreign-key violation raises: `databases` passes the driver's own exception on
 INTEGRITY_ERRORS = (sa.exc.IntegrityError, sqlite3.IntegrityError,
@@ -81,6 +85,10 @@ class Db:
             # databases opens a new aiosqlite connection (and thread) per use; reuse them instead
             install_sqlite_pool(self.database, self._sqlite_pool)
         await self.database.connect()
+
+    async def ping(self) -> None:
+        """A trivial query: raises when the database does not answer."""
+        await self.database.fetch_val("SELECT 1")
 
     async def disconnect(self) -> None:
         await self.database.disconnect()

@@ -8,6 +8,7 @@ import re
 from dataclasses import dataclass
 
 from server.errors import BadRequest, PayloadTooLarge
+from server.parsing import is_int
 
 
 @dataclass(frozen=True)
@@ -43,7 +44,7 @@ def resolve_action(raw: object) -> Action:
     action = None
     if isinstance(raw, str):
         action = _BY_ALIAS.get(raw.strip().lower())
-    elif isinstance(raw, int) and not isinstance(raw, bool):
+    elif is_int(raw):
         action = _BY_CODE.get(raw)
     if action is None:
         shown = raw if isinstance(raw, (str, int)) and len(str(raw)) <= 64 else "(invalid)"

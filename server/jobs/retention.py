@@ -20,9 +20,9 @@ import uuid
 
 import sqlalchemy as sa
 
-from server.db import schema as tables
 from server.config import Settings
 from server.db import Db
+from server.db import schema as tables
 from server.timeutil import iso, now_ms
 
 logger = logging.getLogger(__name__)

@@ -13,14 +13,15 @@ import logging
 import uuid
 from typing import Awaitable, Callable
 
-from server.upstream.clusters import ClusterRegistry
 from server.errors import AppError
 from server.jobs.store import Batch, BatchOutcome, JobStore
 from server.upstream.client import TmsClient, UpstreamError
+from server.upstream.clusters import ClusterRegistry
 
 logger = logging.getLogger(__name__)
 
-BatchListener = Callable[[str, str, UpstreamError | None], Awaitable[None]]
+# called after every batch with the job as it now is and the whole-batch error, if any
+BatchDone = Callable[[dict, UpstreamError | None], Awaitable[None]]
 
 
 class _ProgressPacer:
@@ -93,8 +94,10 @@ class JobRunner:
 
     def __init__(self, store: JobStore, clusters: ClusterRegistry, client: TmsClient, *,
                  job_concurrency: int, batch_concurrency: int, lease_seconds: float,
-                 poll_seconds: float = 1.0, progress_interval: float = 0.25):
+                 on_batch_done: BatchDone | None = None, poll_seconds: float = 1.0,
+                 progress_interval: float = 0.25):
         self.store = store
+        self.on_batch_done = on_batch_done
         self.clusters = clusters
         self.client = client
         self.node_id = f"node-{uuid.uuid4().hex[:12]}"
@@ -108,14 +111,9 @@ class JobRunner:
         self._user_tokens: dict[str, str] = {}
         self._running: dict[str, asyncio.Task] = {}
         self._lost: dict[str, asyncio.Event] = {}  # set when another node took the job over
-        self._batch_listeners: list[BatchListener] = []
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task] = []
         self._stopping = False
-
-    def add_batch_listener(self, listener: BatchListener) -> None:
-        """Call `listener(job_id, cluster_id, error_or_None)` after every batch."""
-        self._batch_listeners.append(listener)
 
     def submit(self, job_id: str, user_token: str | None) -> None:
         """A job was just created here: remember its token and claim it without waiting."""
@@ -237,11 +235,11 @@ class JobRunner:
                 pacer.moved()
             if job.get("cancel_requested"):
                 cancelled.set()
-            for listener in self._batch_listeners:
+            if self.on_batch_done is not None:
                 try:
-                    await listener(job_id, row.cluster, error)
+                    await self.on_batch_done(job, error)
                 except Exception:
-                    logger.exception("batch listener failed")
+                    logger.exception("after-batch callback failed")
 
         # batch_concurrency workers take the batches in order from one iterator: a task per
         # batch would be 100,000 waiting tasks for a job of 100,000 customers sent one by one

@@ -3,26 +3,27 @@
 Every change of a job happens in one transaction that also appends its `job_events` row (with
 an event id that increases per user in commit order) and updates the `job_counts` and
 `daily_stats` aggregates, so stats never scan the jobs table and a replay never misses a change.
-After the commit the store hands the new events to its listeners (the Socket.IO layer).
+After the commit the store hands the new events to its subscribers (the Socket.IO layer).
 """
 
 from __future__ import annotations
 
-import base64
 import enum
 import json
 import logging
 import uuid
 from dataclasses import dataclass, field
-from typing import Awaitable, Callable, Iterable
+from typing import Awaitable, Callable, Iterable, Sequence
 
 import sqlalchemy as sa
 
-from server.db import schema as tables
-from server.stats import histogram
-from server.jobs.catalogue import Action
 from server.db import INTEGRITY_ERRORS, Db
+from server.db import schema as tables
 from server.errors import BadRequest, Conflict, Forbidden, NotFound
+from server.jobs.catalogue import Action
+from server.jobs.cursors import CursorCodec
+from server.parsing import like_escape
+from server.stats import histogram
 from server.timeutil import day_of, iso, now_ms
 
 logger = logging.getLogger(__name__)
@@ -69,7 +70,7 @@ class BatchOutcome:
     error: str | None = None  # set when the whole batch failed
 
 
-EventListener = Callable[[list[dict]], Awaitable[None]]
+EventSubscriber = Callable[[list[dict]], Awaitable[None]]
 
 
 def public_job(row) -> dict:
@@ -88,26 +89,6 @@ def public_job(row) -> dict:
     }
 
 
-def encode_cursor(*parts: object) -> str:
-    return base64.urlsafe_b64encode(json.dumps(parts).encode()).decode().rstrip("=")
-
-
-def decode_cursor(cursor: str, types: tuple[type, ...]) -> list:
-    """Decode a cursor made by encode_cursor; a tampered one is a 400 naming `cursor`."""
-    try:
-        padded = cursor + "=" * (-len(cursor) % 4)
-        parts = json.loads(base64.urlsafe_b64decode(padded.encode()))
-        if not isinstance(parts, list) or len(parts) != len(types):
-            raise ValueError
-        for part, kind in zip(parts, types):
-            if not isinstance(part, kind) or isinstance(part, bool):
-                raise ValueError
-        return parts
-    except (ValueError, TypeError, UnicodeDecodeError):
-        raise BadRequest("Malformed 'cursor': pass back the next_cursor of a previous page",
-                         code="validation_error", details={"field": "cursor"}) from None
-
-
 def parse_job_id(raw: object) -> str:
     """A job id must be a UUID; anything else is a 400 before touching the database."""
     try:
@@ -120,20 +101,18 @@ def parse_job_id(raw: object) -> str:
 class JobStore:
     """Reads and changes jobs; every change commits its event and aggregates with it."""
 
-    def __init__(self, db: Db):
+    def __init__(self, db: Db, cursors: CursorCodec, subscribers: Sequence[EventSubscriber] = ()):
         self.db = db
-        self._listeners: list[EventListener] = []
-
-    def add_listener(self, listener: EventListener) -> None:
-        """Call `listener(events)` after each commit that appended events."""
-        self._listeners.append(listener)
+        self.cursors = cursors
+        # called with the new events after each commit that appended some (the realtime layer)
+        self._subscribers = tuple(subscribers)
 
     async def _publish(self, events: list[dict]) -> None:
-        for listener in self._listeners:
+        for subscriber in self._subscribers:
             try:
-                await listener(events)
-            except Exception:  # a broken listener must not fail the job
-                logger.exception("job event listener failed")
+                await subscriber(events)
+            except Exception:  # a broken subscriber must not fail the job
+                logger.exception("job event subscriber %r failed", subscriber)
 
     # -- helpers inside a transaction ------------------------------------------------------
     async def _append_events(self, user_id: int, job: dict, kinds: list[str], now: int) -> list[dict]:
@@ -265,16 +244,16 @@ class JobStore:
             # a job id prefix (ids are lowercase) or a whole CID
             where.append("(job_id LIKE :prefix ESCAPE '\\' "
                          "OR job_id IN (SELECT job_id FROM job_customers WHERE cid = :cid))")
-            params.update(prefix=_like_prefix(text.lower()), cid=text)
+            params.update(prefix=like_escape(text.lower()) + "%", cid=text)
         if cursor:
-            created_at, job_id = decode_cursor(cursor, (int, str))
+            created_at, job_id = self.cursors.decode(cursor, "jobs-mine", (int, str))
             where.append("(created_at, job_id) < (:after_at, :after_id)")
             params.update(after_at=created_at, after_id=job_id)
         rows = await self.db.raw_fetch(
             "SELECT " + ", ".join(JOB_COLUMNS) + " FROM jobs" + (" WHERE " + " AND ".join(where) if where else "")
             + " ORDER BY created_at DESC, job_id DESC LIMIT :limit", params)
         page = [dict(zip(JOB_COLUMNS, row)) for row in rows[:limit]]
-        next_cursor = encode_cursor(page[-1]["created_at"], page[-1]["job_id"]) if len(rows) > limit else None
+        next_cursor = self.cursors.encode("jobs-mine", page[-1]["created_at"], page[-1]["job_id"]) if len(rows) > limit else None
         return {"jobs": [public_job(r) for r in page], "next_cursor": next_cursor}
 
     async def list_customers(self, job_id: str, *, status: str | None = None, after_seq: int = -1,
@@ -288,7 +267,7 @@ class JobStore:
         return {
             "customers": [{"cid": r.cid, "status": r.status, "http_status": r.http_status,
                            "error_message": r.error_message, "updated_at": iso(r.updated_at)} for r in page],
-            "next_cursor": encode_cursor(page[-1].seq) if len(rows) > limit else None,
+            "next_cursor": self.cursors.encode("customers", job_id, page[-1].seq) if len(rows) > limit else None,
         }
 
     async def customer_summary(self, job_id: str) -> list[dict]:
@@ -309,18 +288,23 @@ class JobStore:
             c.c.job_id == job_id, c.c.status.in_([s.value for s in statuses])).order_by(c.c.seq))
         return [r.cid for r in rows]
 
-    async def all_cids(self, job_id: str) -> list[str]:
+    async def customer_results(self, job_id: str) -> list[tuple]:
+        """(cid, status, http_status, error_message, updated_at) of each customer, in the job's order."""
         c = tables.job_customers
-        rows = await self.db.fetch_all(sa.select(c.c.cid).where(c.c.job_id == job_id).order_by(c.c.seq))
-        return [r.cid for r in rows]
+        rows = await self.db.fetch_all(
+            sa.select(c.c.cid, c.c.status, c.c.http_status, c.c.error_message, c.c.updated_at)
+            .where(c.c.job_id == job_id).order_by(c.c.seq))
+        return [tuple(row._mapping.values()) for row in rows]
 
-    async def customer_results(self, job_id: str, cids: Iterable[str]) -> dict[str, dict]:
+    async def customers_of(self, job_id: str, cids: list[str]) -> set[str]:
+        """Which of these CIDs are customers of the job."""
         c = tables.job_customers
-        rows = await self.db.fetch_all(sa.select(c.c.cid, c.c.status, c.c.http_status, c.c.error_message)
-                                       .where(c.c.job_id == job_id))
-        wanted = set(cids)
-        return {r.cid: {"status": r.status, "http_status": r.http_status, "error_message": r.error_message}
-                for r in rows if r.cid in wanted}
+        known: set[str] = set()
+        for start in range(0, len(cids), 500):
+            rows = await self.db.fetch_all(sa.select(c.c.cid).where(c.c.job_id == job_id,
+                                                                    c.c.cid.in_(cids[start:start + 500])))
+            known.update(row._mapping["cid"] for row in rows)
+        return known
 
     # -- running -------------------------------------------------------------------------------
     async def claim(self, node_id: str, limit: int, lease_ms: int) -> list[str]:
@@ -391,10 +375,6 @@ class JobStore:
             number = seq // batch_size
             batches.setdefault(number, Batch(number, [])).cids.append(cid)
         return list(batches.values())
-
-    async def is_cancel_requested(self, job_id: str) -> bool:
-        j = tables.jobs
-        return bool(await self.db.fetch_val(sa.select(j.c.cancel_requested).where(j.c.job_id == job_id)))
 
     async def record_batch(self, job_id: str, batch: Batch, batch_size: int, outcome: BatchOutcome,
                            *, progress_event: bool = True) -> dict:
@@ -513,10 +493,6 @@ class JobStore:
                              j.c.started_at < now_ms() - stuck_after_ms)
             .values(stuck_alerted=True).returning(j))
         return [public_job(r) for r in rows]
-
-
-def _like_prefix(text: str) -> str:
-    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
 
 
 def _final_status(row, skipped: int) -> tuple[JobStatus, str | None]:

@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import enum
 import logging
-from typing import Awaitable, Callable
 
 import sqlalchemy as sa
 
-from server.db import schema as tables
 from server.db import Db
-from server.jobs.store import JobStore
+from server.db import schema as tables
+from server.realtime.emitter import ADMINS_ROOM, Emitter, user_room
 from server.timeutil import iso, now_ms
 from server.upstream.client import UpstreamError
 
@@ -37,7 +36,6 @@ class AlertKind(str, enum.Enum):
 SEVERITY = {AlertKind.JOB_FAILED: "critical", AlertKind.JOB_PARTIAL: "warning",
             AlertKind.JOB_STUCK: "warning", AlertKind.CLUSTER_FAILING: "critical"}
 
-Emit = Callable[[dict], Awaitable[None]]
 
 
 def public_alert(row) -> dict:
@@ -54,10 +52,9 @@ def _short(job: dict) -> str:
 class Alerts:
     """Raises, stores and replays alerts; `emit` sends one to its owner and the admins."""
 
-    def __init__(self, db: Db, jobs: JobStore, emit: Emit, *, stuck_after_ms: int, cluster_failures: int):
+    def __init__(self, db: Db, emitter: Emitter, *, stuck_after_ms: int, cluster_failures: int):
         self.db = db
-        self.jobs = jobs
-        self.emit = emit
+        self.emitter = emitter
         self.stuck_after_ms = stuck_after_ms
         self.cluster_failures = cluster_failures
         self._streaks: dict[str, int] = {}  # cluster -> whole-batch failures in a row seen by this node
@@ -75,7 +72,9 @@ class Alerts:
             return None
         alert = public_alert(row)
         logger.warning("alert %s: %s", alert["kind"], alert["message"])
-        await self.emit(alert)
+        # to the owner's sockets and the admins', on every node
+        rooms = [user_room(alert["user_id"]), ADMINS_ROOM] if alert["user_id"] is not None else [ADMINS_ROOM]
+        await self.emitter.emit("job-alert", alert, rooms)
         return alert
 
     async def job_finished(self, job: dict) -> None:
@@ -90,8 +89,15 @@ class Alerts:
         await self.raise_alert(f"{kind.value}:{job['job_id']}", kind, f"{_short(job)} {verb}: {reason}",
                                user_id=job["user_id"], job_id=job["job_id"], cluster=job["cluster"])
 
-    async def batch_done(self, job_id: str, cluster: str, error: UpstreamError | None) -> None:
+    async def job_events(self, events: list[dict]) -> None:
+        """The job store's subscriber: alert on the status events of FAILED and PARTIAL jobs."""
+        for event in events:
+            if event["kind"] == "status":
+                await self.job_finished(event["job"])
+
+    async def batch_done(self, job: dict, error: UpstreamError | None) -> None:
         """A batch ended: count whole-batch failures in a row per cluster; alert at the threshold."""
+        cluster = job["cluster"]
         if error is None:
             self._streaks.pop(cluster, None)
             return
@@ -99,16 +105,14 @@ class Alerts:
         self._streaks[cluster] = streak
         if streak != self.cluster_failures:
             return  # alert once per streak; a success re-arms it
-        row = await self.jobs.get_row(job_id)
         window = now_ms() // CLUSTER_WINDOW_MS
         await self.raise_alert(
             f"cluster_failing:{cluster}:{window}", AlertKind.CLUSTER_FAILING,
             f"Cluster {cluster}: {streak} batches in a row failed; last error: {error.message}",
-            user_id=row.user_id if row is not None else None, job_id=job_id, cluster=cluster)
+            user_id=job["user_id"], job_id=job["job_id"], cluster=cluster)
 
-    async def check_stuck(self) -> int:
-        """Alert for jobs IN_PROGRESS past the limit (each once: flag_stuck marks them)."""
-        stuck = await self.jobs.flag_stuck(self.stuck_after_ms)
+    async def jobs_stuck(self, stuck: list[dict]) -> int:
+        """Alert for these jobs IN_PROGRESS past the limit (each once: JobStore.flag_stuck marks them)."""
         for job in stuck:
             minutes = self.stuck_after_ms / 60_000
             await self.raise_alert(

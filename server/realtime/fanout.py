@@ -16,16 +16,14 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable
+from typing import Any
 
 import engineio
 import orjson
 import socketio
-import sqlalchemy as sa
 
-from server.db import schema as tables
 from server.accounts.store import Principal
-from server.db import Db
+from server.jobs.events import JobEventLog
 from server.timeutil import iso
 
 logger = logging.getLogger(__name__)
@@ -48,16 +46,6 @@ class SocketState:
     checked_at: float = 0.0
 
 
-async def read_events(db: Db, user_id: int, after: int, limit: int) -> list[dict]:
-    """The user's events with ids above `after`, oldest first, as job-update payloads."""
-    e = tables.job_events
-    rows = await db.fetch_all(
-        sa.select(e.c.event_id, e.c.kind, e.c.payload, e.c.created_at)
-        .where(e.c.user_id == user_id, e.c.event_id > after).order_by(e.c.event_id).limit(limit))
-    return [{"event_id": r.event_id, "kind": r.kind, "job": orjson.loads(r.payload), "at": iso(r.created_at)}
-            for r in rows]
-
-
 def encode_event(sio: socketio.AsyncServer, event: str, data: Any) -> engineio.packet.Packet:
     """One Engine.IO packet for a Socket.IO event, encoded once and sent to many sockets."""
     pkt = sio.packet_class(socketio.packet.EVENT, namespace="/", data=[event, data])
@@ -67,9 +55,9 @@ def encode_event(sio: socketio.AsyncServer, event: str, data: Any) -> engineio.p
 class Fanout:
     """The per-node consumer of job events, and the registry of this node's sockets."""
 
-    def __init__(self, sio: socketio.AsyncServer, db: Db, redis_url: str = "", channel: str = "jobmon"):
+    def __init__(self, sio: socketio.AsyncServer, events: JobEventLog, redis_url: str = "", channel: str = "jobmon"):
         self.sio = sio
-        self.db = db
+        self.events = events
         self.sockets: dict[str, SocketState] = {}
         self.by_user: dict[int, set[str]] = {}
         self.admins: set[str] = set()
@@ -82,7 +70,6 @@ class Fanout:
         self._tasks: list[asyncio.Task] = []
         # held while an event is sent: a resume changes a socket's cursor only between sends
         self.lock = asyncio.Lock()
-        self.on_overflow: Callable[[int], Awaitable[None]] | None = None
         self._overflow_tasks: set[asyncio.Task] = set()
 
     # -- sockets ---------------------------------------------------------------------------
@@ -113,6 +100,18 @@ class Fanout:
             if state is not None:
                 await self.sio.eio.send_packet(state.eio_sid, packet)
                 self.delivered += 1
+
+    async def send_resync(self, state: SocketState, reason: str) -> None:
+        """Tell one socket to refetch its state (it could not be brought up to date by replay)."""
+        await self.send([state.sid], encode_event(self.sio, "resync", {"reason": reason}))
+
+    async def resync_user(self, user_id: int) -> None:
+        """This node lost events of a user: their sockets (and admins) refetch."""
+        for sid in list(self.by_user.get(user_id, ())) + list(self.admins):
+            state = self.sockets.get(sid)
+            if state is not None:
+                state.cursor = None
+                await self.send_resync(state, "events_lost")
 
     # -- the bus ---------------------------------------------------------------------------
     async def start(self) -> None:
@@ -147,11 +146,10 @@ class Fanout:
             logger.error("fan-out queue full; dropping %s events (their users are told to resync)", len(events))
             for event in events:
                 self._last.pop(event["user_id"], None)
-                if self.on_overflow is not None:
-                    # keep a reference so the task is not garbage collected mid-way
-                    task = asyncio.get_running_loop().create_task(self.on_overflow(event["user_id"]))
-                    self._overflow_tasks.add(task)
-                    task.add_done_callback(self._overflow_tasks.discard)
+                # keep a reference so the task is not garbage collected mid-way
+                task = asyncio.get_running_loop().create_task(self.resync_user(event["user_id"]))
+                self._overflow_tasks.add(task)
+                task.add_done_callback(self._overflow_tasks.discard)
             return
         self._queue.put_nowait(events)
 
@@ -196,13 +194,12 @@ class Fanout:
         if last is not None and event_id <= last:
             return  # already delivered (it arrived late, after a gap fill)
         if last is not None and event_id > last + 1:
-            missing = await read_events(self.db, user_id, last, min(event_id - last - 1, GAP_FILL_LIMIT + 1))
+            missing = await self.events.read(user_id, last, min(event_id - last - 1, GAP_FILL_LIMIT + 1))
             if len(missing) > GAP_FILL_LIMIT:
                 logger.warning("user %s: %s events missed by this node; telling clients to resync",
                                user_id, event_id - last - 1)
                 self._last[user_id] = event_id
-                if self.on_overflow is not None:
-                    await self.on_overflow(user_id)
+                await self.resync_user(user_id)
                 return
             for old in missing:
                 if old["event_id"] < event_id:

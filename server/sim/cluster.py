@@ -25,6 +25,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from server.parsing import is_int as _is_int
+from server.parsing import parse_bool
+
 # Remembered request ids are capped both by count and by the customer results they hold, so a
 # long demo cannot grow memory without bound; the oldest are dropped first.
 MAX_REQUEST_IDS = 200_000
@@ -90,10 +93,6 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
 def _valid(kind: str, value: Any) -> bool:
     """True if `value` is acceptable for a knob of this kind."""
     if kind == "duration":
@@ -151,12 +150,7 @@ def _parse_env_value(kind: str, text: str) -> Any:
     if kind in ("status", "page_size", "seed"):
         return int(text)
     if kind == "flag":
-        lowered = text.strip().lower()
-        if lowered in ("1", "true", "yes", "on"):
-            return True
-        if lowered in ("0", "false", "no", "off"):
-            return False
-        raise ValueError(text)
+        return parse_bool(text)
     if kind == "cids":
         return [c.strip() for c in text.split(",") if c.strip()]
     if kind == "cid_errors":

@@ -16,10 +16,10 @@ from datetime import date, datetime, timedelta, timezone
 
 import sqlalchemy as sa
 
-from server.db import schema as tables
 from server.db import Db
+from server.db import schema as tables
+from server.stats.counts import status_counts, success_rate
 from server.stats.histogram import bucket_sql, percentile
-from server.jobs.store import JobStatus
 from server.timeutil import iso, now_ms
 
 DAY_MS = 86_400_000
@@ -54,17 +54,13 @@ class AdminStats:
     async def figures(self, window_days: int = 7, now: int | None = None) -> dict:
         """Counts now, today, the last 7 days, and processing times and per-action and per-cluster
         breakdowns over the last `window_days` days (today included)."""
-        jc = tables.job_counts
         now = now_ms() if now is None else now
         today = datetime.fromtimestamp(now / 1000, tz=timezone.utc).date()
         window_start = _day(window_days - 1, today)
         read_start = min(window_start, _day(DAILY_DAYS - 1, today))
         live_start = _day(LIVE_DAYS - 1, today)
 
-        counts = {status.value: 0 for status in JobStatus}
-        for row in await self.db.fetch_all(sa.select(jc.c.status, sa.func.sum(jc.c.n).label("n"))
-                                           .group_by(jc.c.status)):
-            counts[row.status] = int(row.n)
+        counts = await status_counts(self.db)
 
         closed_days = [_day(offset, today) for offset in range(LIVE_DAYS, (today - date.fromisoformat(read_start))
                                                                    .days + 1)]
@@ -90,7 +86,6 @@ class AdminStats:
         by_day, by_action, by_cluster, window = sums.by_day, sums.by_action, sums.by_cluster, sums.window
         hist_all, hist_action, hist_cluster = sums.hist_all, sums.hist_action, sums.hist_cluster
 
-        finished = counts["SUCCESS"] + counts["FAILED"] + counts["PARTIAL"]
         today_key = today.isoformat()
         return {
             "as_of": iso(now),
@@ -99,7 +94,7 @@ class AdminStats:
             "running": counts["IN_PROGRESS"],
             "queued": counts["QUEUED"],
             # percent of finished (not cancelled) jobs that fully succeeded, all time (as in job-stats)
-            "success_rate": round(100.0 * counts["SUCCESS"] / finished, 1) if finished else None,
+            "success_rate": success_rate(counts["SUCCESS"], counts["FAILED"], counts["PARTIAL"]),
             "today": {"day": today_key, **_public(by_day.get(today_key, _zero()))},
             "window_days": window_days,
             "processing": {"finished": window["duration_count"], "avg_ms": _avg(window),
@@ -201,7 +196,7 @@ def _public(values: dict) -> dict:
         "partial": values["partial"],
         "cancelled": values["cancelled"],
         "finished": finished + values["cancelled"],
-        "success_rate": round(100.0 * values["success"] / finished, 1) if finished else None,
+        "success_rate": success_rate(values["success"], values["failed"], values["partial"]),
         "avg_duration_ms": _avg(values),
     }
 

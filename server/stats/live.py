@@ -6,9 +6,9 @@ from datetime import datetime, timedelta, timezone
 
 import sqlalchemy as sa
 
-from server.db import schema as tables
 from server.db import Db
-from server.jobs.store import JobStatus
+from server.db import schema as tables
+from server.stats.counts import status_counts, success_rate
 from server.timeutil import iso, now_ms
 
 
@@ -26,26 +26,20 @@ async def job_stats(db: Db, user_id: int | None) -> dict:
     of_user = ""
     if user_id is not None:
         of_user, params["u"] = " AND user_id = :u", user_id
-    counts = {status.value: 0 for status in JobStatus}
-    for status, n in await db.raw_fetch(
-            "SELECT status, SUM(n) FROM job_counts" + (" WHERE user_id = :u" if of_user else "")
-            + " GROUP BY status", params):
-        counts[status] = int(n)
+    counts = await status_counts(db, user_id)
     (duration_sum, duration_count, total, success, failed), = await db.raw_fetch(
         "SELECT COALESCE(SUM(duration_sum_ms), 0), COALESCE(SUM(duration_count), 0), "
         "COALESCE(SUM(CASE WHEN day = :today THEN created END), 0), "
         "COALESCE(SUM(CASE WHEN day = :today THEN success END), 0), "
         "COALESCE(SUM(CASE WHEN day = :today THEN failed + partial END), 0) "
         "FROM daily_stats WHERE day >= :week_start" + of_user, params)
-    finished = counts["SUCCESS"] + counts["FAILED"] + counts["PARTIAL"]
     duration_count = int(duration_count)
     return {
         "user_id": user_id,
         "counts": counts,
         "today": {"total": int(total), "success": int(success), "failed": int(failed)},
         "running": counts["IN_PROGRESS"] + counts["QUEUED"],
-        # percent of finished (not cancelled) jobs that fully succeeded
-        "success_rate": round(100.0 * counts["SUCCESS"] / finished, 1) if finished else None,
+        "success_rate": success_rate(counts["SUCCESS"], counts["FAILED"], counts["PARTIAL"]),
         "avg_duration_ms": round(int(duration_sum) / duration_count) if duration_count else None,  # last 7 days
         "as_of": iso(now),
     }

@@ -1,21 +1,30 @@
-"""Where Job Monitor replaces a method of python-engineio: nowhere else.
+"""Where Job Monitor reaches into python-engineio and python-socketio internals: nowhere else.
 
-`install_fast_writer` swaps `engineio.async_socket.AsyncSocket.poll` for a copy that waits
-without a Task per packet (Python 3.11 only). Checked against python-engineio 4.9-4.13
-(pyproject pins that range); tests/test_compat.py fails when the installed version's source of
-`AsyncSocket.poll` differs from ORIGINAL_POLL_SHA256, so an upgrade is a visible decision: read
-the new method, port the change, record the new hash.
+- `install_fast_writer` swaps `engineio.async_socket.AsyncSocket.poll` for a copy that waits
+  without a Task per packet (Python 3.11 only).
+- `close_redis_manager` closes python-socketio's `AsyncRedisManager`, which has no close().
+
+Checked against the versions pyproject pins (python-engineio, python-socketio).
+tests/test_compat.py fails when an installed version's source of a method relied on here
+differs from the one recorded in CHECKED_SOURCES, so an upgrade is a visible decision: read the
+new method, port the change, record the new hash.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import sys
 
 from engineio import async_socket, exceptions
 
-# sha256 of inspect.getsource(AsyncSocket.poll) in the versions this was checked against
-ORIGINAL_POLL_SHA256 = "TODO"
+logger = logging.getLogger(__name__)
+
+# sha256 of inspect.getsource(...) of each method relied on, in the versions checked against
+CHECKED_SOURCES = {
+    "engineio.async_socket.AsyncSocket.poll": "TODO",
+    "socketio.async_redis_manager.AsyncRedisManager._redis_listen_with_retries": "TODO",
+}
 
 
 def install_fast_writer() -> None:
@@ -60,3 +69,18 @@ def install_fast_writer() -> None:
 
     poll.jobmon = True
     async_socket.AsyncSocket.poll = poll
+
+
+async def close_redis_manager(manager) -> None:
+    """Stop a Redis manager's listener task and close its connections (no-op for other managers)."""
+    listener = getattr(manager, "thread", None)
+    if isinstance(listener, asyncio.Future):
+        listener.cancel()
+        await asyncio.gather(listener, return_exceptions=True)
+    for name in ("pubsub", "redis"):
+        connection = getattr(manager, name, None)
+        if connection is not None and hasattr(connection, "aclose"):
+            try:
+                await connection.aclose()
+            except Exception:
+                logger.warning("closing the Socket.IO manager's Redis %s failed", name, exc_info=True)
