@@ -115,7 +115,7 @@ class Accounts:
         u = tables.users
         row = await self.db.fetch_one(sa.select(u.c.id, u.c.username, u.c.role, u.c.disabled)
                                       .where(u.c.username == username))
-        return dict(row._mapping) if row else None
+        return {"id": row.id, "username": row.username, "role": row.role, "disabled": bool(row.disabled)} if row else None
 
     async def find_user(self, raw: str) -> dict | None:
         """A user named by id (digits) or username: {id, username, role}, or None."""
@@ -126,7 +126,7 @@ class Accounts:
         else:
             query = query.where(u.c.username == raw)
         row = await self.db.fetch_one(query)
-        return dict(row._mapping) if row else None
+        return {"id": row.id, "username": row.username, "role": row.role} if row else None
 
     async def usernames(self, user_ids: set[int]) -> dict[int, str]:
         """The username of each of these user ids."""

@@ -4,7 +4,7 @@ per-customer results, the audit log and the users.
 The list stays fast at millions of jobs because every page is read along an index, in order:
 each sort key is indexed alone, after `status` and after `user_id` (db.py). A status filter
 becomes one ordered walk per status, merged (UNION ALL, each arm LIMITed). When several indexes
-could serve a page, `_plan` picks one from exact counts (`job_counts`) and a uniform-in-time
+could serve a page, `planner.plan_arm` picks one from exact counts (`job_counts`) and a uniform-in-time
 estimate for date ranges, and switches the others off by wrapping their column (`col + 0`),
 which both SQLite and PostgreSQL then cannot match to an index.
 
@@ -15,14 +15,13 @@ bound: error messages have no index). Cursors are signed, so a changed one is a 
 
 from __future__ import annotations
 
-import math
 import re
-from dataclasses import dataclass, field
 
 import orjson
 import sqlalchemy as sa
 
 from server.accounts.store import Accounts
+from server.admin.planner import Counts, JobFilter, Plan, SortKey, plan_arm
 from server.db import Db
 from server.db import schema as tables
 from server.errors import BadRequest, NotFound
@@ -37,71 +36,6 @@ MAX_LIMIT = 500
 ERROR_SEARCH_WINDOW = 5_000
 JOB_ID_PREFIX = re.compile(r"^[0-9a-f][0-9a-f-]{3,35}$")
 FULL_JOB_ID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
-
-
-@dataclass(frozen=True)
-class SortKey:
-    """An order of the admin list: jobs columns compared left to right, job_id last (a stable order)."""
-
-    name: str
-    columns: tuple[str, ...]
-    # the first column is NULL for jobs not finished yet: those come after all others, by job_id
-    nullable: bool = False
-
-
-SORTS = {
-    "created_at": SortKey("created_at", ("created_at", "job_id")),
-    "updated_at": SortKey("updated_at", ("updated_at", "job_id")),
-    "finished_at": SortKey("finished_at", ("finished_at", "job_id"), nullable=True),
-    "duration": SortKey("duration", ("duration_ms", "job_id"), nullable=True),
-    "status": SortKey("status", ("status", "created_at", "job_id")),
-}
-TIME_COLUMNS = ("created_at", "updated_at", "finished_at")
-
-
-@dataclass(frozen=True)
-class JobFilter:
-    """What the admin list is narrowed to; every field optional. Date bounds are inclusive (ms)."""
-
-    statuses: tuple[str, ...] = ()
-    user_id: int | None = None
-    action: str | None = None
-    cluster: str | None = None
-    text: str | None = None
-    created_from: int | None = None
-    created_to: int | None = None
-    finished_from: int | None = None
-    finished_to: int | None = None
-
-    def date_ranges(self) -> dict[str, tuple[int | None, int | None]]:
-        ranges = {}
-        if self.created_from is not None or self.created_to is not None:
-            ranges["created_at"] = (self.created_from, self.created_to)
-        if self.finished_from is not None or self.finished_to is not None:
-            ranges["finished_at"] = (self.finished_from, self.finished_to)
-        return ranges
-
-
-@dataclass
-class _Counts:
-    """Exact job counts (from job_counts) and the time span, for choosing a plan."""
-
-    by_status: dict[str, int]
-    by_user_status: dict[str, int] | None
-    oldest: dict[str, int] = field(default_factory=dict)
-    now: int = 0
-
-    @property
-    def total(self) -> int:
-        return sum(self.by_status.values())
-
-
-@dataclass(frozen=True)
-class _Plan:
-    """Which columns to hide from the index matcher for one arm, so the chosen index is used."""
-
-    hide: frozenset[str]
-    name: str
 
 
 class AdminQueries:
@@ -172,17 +106,17 @@ class AdminQueries:
             rows += await self._fetch(f, sort, descending, True, after, want - len(rows), counts)
         return rows[:limit], len(rows) > limit
 
-    async def _counts(self, f: JobFilter) -> _Counts:
+    async def _counts(self, f: JobFilter) -> Counts:
         by_status = await status_counts(self.db)
         by_user = await status_counts(self.db, f.user_id) if f.user_id is not None else None
-        counts = _Counts(by_status, by_user, now=now_ms())
+        counts = Counts(by_status, by_user, now=now_ms())
         j = tables.jobs
         for column in f.date_ranges():
             counts.oldest[column] = await self.db.fetch_val(sa.select(sa.func.min(j.c[column]))) or counts.now
         return counts
 
     async def _fetch(self, f: JobFilter, sort: SortKey, descending: bool, nulls: bool, after, want: int,
-                     counts: _Counts | None) -> list[dict]:
+                     counts: Counts | None) -> list[dict]:
         """The sort keys (and job_id) of up to `want` matching jobs after `after`, in order."""
         j = tables.jobs
         order_columns = ("job_id",) if nulls else sort.columns
@@ -193,7 +127,7 @@ class AdminQueries:
             if status is not None and counts is not None and self._arm_count(status, counts) == 0:
                 continue  # exact counts say nothing matches: skip a walk that would find nothing
             # unfinished jobs (the NULL part of a nullable order) are few: any index serves
-            plan = _plan(f, sort, descending, status, want, counts) if not nulls else _Plan(frozenset(), "nulls")
+            plan = plan_arm(f, sort, descending, status, want, counts) if not nulls else Plan(frozenset(), "nulls")
             cols = {name: _hidden(j.c[name]) if name in plan.hide else j.c[name] for name in j.c.keys()}
             conditions = self._conditions(f, cols, status if f.text is None else None)
             if f.text is not None and statuses:
@@ -219,7 +153,7 @@ class AdminQueries:
         return await self.db.fetch_dicts(sa.select(union).order_by(*order).limit(want))
 
     @staticmethod
-    def _arm_count(status: str, counts: _Counts) -> int:
+    def _arm_count(status: str, counts: Counts) -> int:
         source = counts.by_user_status if counts.by_user_status is not None else counts.by_status
         return source.get(status, 0)
 
@@ -374,7 +308,7 @@ class AdminQueries:
 
 
 def _hidden(column):
-    """The same value, in a form no index matches (forces the plan chosen by `_plan`)."""
+    """The same value, in a form no index matches (forces the plan chosen by `planner.plan_arm`)."""
     if isinstance(column.type, sa.String):
         return column.concat("")
     return column + 0
@@ -395,67 +329,3 @@ def _keyset(columns: list, names: tuple[str, ...], after, descending: bool, arm_
             return False  # the whole arm came before it
     left, right = sa.tuple_(*columns), sa.tuple_(*[sa.literal(v) for v in values])
     return left < right if descending else left > right
-
-
-def _plan(f: JobFilter, sort: SortKey, descending: bool, status: str | None, want: int,
-          counts: _Counts | None) -> _Plan:
-    """Choose the index one arm of the list reads, by the estimated rows it must touch."""
-    sort_column = sort.columns[0]
-    order_only = frozenset(c for c in sort.columns if c != "job_id")
-    if f.text is not None:
-        # the text's matches are few and come by primary key: fetch them all, then sort
-        return _Plan(order_only | {"status", "user_id", "created_at", "finished_at"}, "text-then-sort")
-    if counts is None:
-        return _Plan(frozenset(), "walk")
-    total = max(counts.total, 1)
-    lead = counts.by_status.get(status, 0) if status else total
-    user = sum(counts.by_user_status.values()) if counts.by_user_status is not None else None
-    both = (counts.by_user_status.get(status, 0) if status else user) if user is not None else None
-    ranges = f.date_ranges()
-    fractions = {column: _fraction(low, high, counts.oldest.get(column, counts.now), counts.now)
-                 for column, (low, high) in ranges.items()}
-    matches = max((both if both is not None else lead) * math.prod(fractions.values()), 1.0)
-
-    def walk(slice_rows: float) -> float:
-        rows = slice_rows * fractions.get(sort_column, 1.0)
-        skipped = 0.0
-        if sort_column in TIME_COLUMNS:
-            # times move together: a walk in time order reaches another column's range only
-            # after passing every job on the near side of it
-            for column, (low, high) in ranges.items():
-                if column == sort_column:
-                    continue
-                oldest = counts.oldest.get(column, counts.now)
-                bound = high if descending else low
-                gap = 0 if bound is None else ((counts.now - bound) if descending else (bound - oldest))
-                skipped = max(skipped, rows * min(max(gap / max(counts.now - oldest, 1), 0.0), 1.0))
-        return min(rows, skipped + want * rows / matches)
-
-    other_ranges = frozenset(c for c in ranges if c != sort_column)
-    options = [(walk(lead), _Plan(other_ranges | ({"user_id"} if user is not None else set()), "walk"))]
-    if user is not None:
-        options.append((walk(user), _Plan(other_ranges | ({"status"} if status else set()), "walk-user")))
-        if status and sort_column in ("created_at", "status"):
-            options.append((walk(both), _Plan(other_ranges, "walk-user-status")))
-        elif status:
-            options.append((both * 1.5 + 1, _Plan(order_only | other_ranges, "user-status-then-sort")))
-    for column, fraction in fractions.items():
-        if column == sort_column:
-            continue
-        if column == "created_at" and both is not None:
-            base = both  # (user_id, status, created_at) narrows by all three
-        else:
-            base = min(lead, user if user is not None else lead)
-        hide = (order_only - {column}) | (frozenset(ranges) - {column})
-        options.append((base * fraction * 1.5 + 1, _Plan(hide, f"{column}-range-then-sort")))
-    return min(options, key=lambda option: option[0])[1]
-
-
-def _fraction(low: int | None, high: int | None, oldest: int, now: int) -> float:
-    """The share of jobs in [low, high], assuming they are spread evenly from the oldest to now."""
-    span = max(now - oldest, 1)
-    start = max(low if low is not None else oldest, oldest)
-    end = min(high if high is not None else now, now)
-    return min(max((end - start) / span, 0.0), 1.0)
-
-

@@ -14,7 +14,8 @@ from starlette.requests import Request
 from starlette.responses import StreamingResponse
 from starlette.routing import Route
 
-from server.admin.queries import MAX_LIMIT, SORTS, AdminQueries, JobFilter
+from server.admin.planner import SORTS, JobFilter
+from server.admin.queries import MAX_LIMIT, AdminQueries
 from server.api.common import (
     OrjsonResponse,
     client_ip,

@@ -17,6 +17,8 @@ def _serve(args: argparse.Namespace) -> int:
     from server.app import DEMO_USERS, UVICORN_OPTIONS, create_app
 
     settings = load_settings()
+    # the application's own loggers follow JOBMON_LOG_LEVEL too, not only uvicorn's
+    logging.getLogger("server").setLevel(settings.log_level)
     # a clear message (not a traceback from inside uvicorn) when the database cannot be opened
     asyncio.run(_check_database(settings.database_url))
     display_host = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host
@@ -123,7 +125,7 @@ def _simulator(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m server", description="Job Monitor")
+    parser = argparse.ArgumentParser(prog="jobmon", description="Job Monitor (also `python -m server`)")
     commands = parser.add_subparsers(dest="command")
     serve = commands.add_parser("serve", help="run the server (the default)")
     serve.add_argument("--host", default="127.0.0.1")

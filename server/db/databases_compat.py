@@ -1,8 +1,9 @@
 """Where Job Monitor reaches into `databases` (0.9.0) and aiosqlite internals: nowhere else.
 
-Checked against databases 0.9.0 and aiosqlite 0.20-0.22 (pyproject pins those ranges);
+Checked against databases 0.9.0 and aiosqlite 0.22.1 (pyproject pins those versions);
 tests/test_compat.py fails when an installed version's source of a method relied on here differs
-from the one this was written against, so an upgrade is a visible decision.
+from the one recorded in CHECKED_SOURCES, so an upgrade is a visible decision: read the new
+method, adapt this module, record the new hash.
 
 - `ReusingSQLitePool` replaces `SQLiteBackend._pool`: `databases` opens a new aiosqlite
   connection (and thread) per use, which costs milliseconds per query.
@@ -18,6 +19,24 @@ import sqlite3
 
 import aiosqlite
 from databases import Database
+
+# sha256 of inspect.getsource(...) of each method whose internals this module relies on
+CHECKED_SOURCES = {
+    # install_sqlite_pool: the backend's `_pool`, used by connect/disconnect and each connection
+    "databases.backends.sqlite.SQLiteBackend.connect": "5c2597f97dbfcfe5af86375b8ee8b72420321be811bb13810579161f29c82d63",
+    "databases.backends.sqlite.SQLiteBackend.disconnect":
+        "94c89f4c88e4ba698d5ea4743e2edbb8f18f8c6d36f38de929e4aba61a47a11c",
+    "databases.backends.sqlite.SQLiteConnection.acquire":
+        "b08c4922c17368418ddd49afc4477ad87554edda48af24198b0e6a3cab5c48bc",
+    "databases.backends.sqlite.SQLiteConnection.release":
+        "30eb8066ac9a5ead25075786c574667bdbb2c93f81478db601f83525ac1ca014",
+    # release_cancelled_connection: `_connection`, `_connection_counter` of these
+    "databases.core.Database.connection": "3662f1df584d7ab0b08bdc183741a2369f1b6c4b52b0d7d03565a79a3df54990",
+    "databases.core.Connection.__aexit__": "f5b148500f00adf79097a601e9e5b07449acb32dddac5028e351a990f211fe51",
+    # ImmediateConnection overrides execute and is built like its parent
+    "aiosqlite.core.Connection.execute": "da3192696f31097700d37c73e2e21506b7eb2342db76991b0179e8b22d1f360c",
+    "aiosqlite.core.Connection.__init__": "3aed416ac99323f1df06749851cebf16d34877b4bd38dc76f1f730e5a0809eac",
+}
 
 
 class ImmediateConnection(aiosqlite.Connection):

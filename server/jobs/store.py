@@ -294,7 +294,7 @@ class JobStore:
         rows = await self.db.fetch_all(
             sa.select(c.c.cid, c.c.status, c.c.http_status, c.c.error_message, c.c.updated_at)
             .where(c.c.job_id == job_id).order_by(c.c.seq))
-        return [tuple(row._mapping.values()) for row in rows]
+        return [(r.cid, r.status, r.http_status, r.error_message, r.updated_at) for r in rows]
 
     async def customers_of(self, job_id: str, cids: list[str]) -> set[str]:
         """Which of these CIDs are customers of the job."""
@@ -303,7 +303,7 @@ class JobStore:
         for start in range(0, len(cids), 500):
             rows = await self.db.fetch_all(sa.select(c.c.cid).where(c.c.job_id == job_id,
                                                                     c.c.cid.in_(cids[start:start + 500])))
-            known.update(row._mapping["cid"] for row in rows)
+            known.update(row.cid for row in rows)
         return known
 
     # -- running -------------------------------------------------------------------------------

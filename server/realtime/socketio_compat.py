@@ -21,9 +21,15 @@ from engineio import async_socket, exceptions
 logger = logging.getLogger(__name__)
 
 # sha256 of inspect.getsource(...) of each method relied on, in the versions checked against
+# (python-engineio 4.15.1, python-socketio 5.18.1)
 CHECKED_SOURCES = {
-    "engineio.async_socket.AsyncSocket.poll": "TODO",
-    "socketio.async_redis_manager.AsyncRedisManager._redis_listen_with_retries": "TODO",
+    # replaced by install_fast_writer's poll
+    "engineio.async_socket.AsyncSocket.poll": "826f58a9f3606db208e5d1266f075ad655b6eeda47b0a5616748624899ca5954",
+    # close_redis_manager relies on `thread` (set here) and on `redis` / `pubsub` (set there)
+    "socketio.async_pubsub_manager.AsyncPubSubManager.initialize":
+        "e8a2b026ecea320f34e220b583b2d426aa7ebd007b2eab961fd20ba60034cecb",
+    "socketio.async_redis_manager.AsyncRedisManager._redis_connect":
+        "da4530c936323c252b3525c979986934b83a23d0e2a929e5ce89bb6cd3cfff95",
 }
 
 

@@ -297,7 +297,7 @@ def _pg_database(total: int, create: bool, drop: bool = False) -> str:
 
 def _deep_cursor(url: str, rank: int) -> str:
     """A cursor into the default order (created_at desc) after `rank` jobs, signed as the server would."""
-    from server.admin.queries import CursorCodec
+    from server.jobs.cursors import CursorCodec
 
     async def run():
         db = Db(url)

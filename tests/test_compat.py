@@ -1,0 +1,55 @@
+"""The fences around other libraries' internals: an upgrade that changes a method we replace or
+rely on fails here, naming it, instead of breaking the server silently."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import inspect
+
+import pytest
+
+from server.db import databases_compat
+from server.realtime import socketio_compat
+
+CHECKED = {**databases_compat.CHECKED_SOURCES, **socketio_compat.CHECKED_SOURCES}
+
+
+def _resolve(dotted: str):
+    parts = dotted.split(".")
+    for cut in range(len(parts), 0, -1):
+        try:
+            target = importlib.import_module(".".join(parts[:cut]))
+            break
+        except ImportError:
+            continue
+    for attr in parts[cut:]:
+        target = getattr(target, attr)
+    return target
+
+
+@pytest.mark.parametrize("dotted", sorted(CHECKED))
+def test_the_installed_source_is_the_one_checked(dotted):
+    source = inspect.getsource(_resolve(dotted))
+    digest = hashlib.sha256(source.encode()).hexdigest()
+    assert digest == CHECKED[dotted], (
+        f"{dotted} changed in the installed version (sha256 {digest}): read it, adapt "
+        f"{'server/db/databases_compat.py' if dotted.split('.')[0] in ('databases', 'aiosqlite') else 'server/realtime/socketio_compat.py'}"
+        ", then record the new hash there")
+
+
+def test_a_changed_method_is_noticed():
+    """The check is not vacuous: a source that differs by one character gives another digest."""
+    dotted = "engineio.async_socket.AsyncSocket.poll"
+    source = inspect.getsource(_resolve(dotted))
+    assert hashlib.sha256((source + " ").encode()).hexdigest() != CHECKED[dotted]
+
+
+def test_the_fast_writer_is_installed_only_where_it_is_needed():
+    from engineio import async_socket
+
+    socketio_compat.install_fast_writer()
+    replaced = getattr(async_socket.AsyncSocket.poll, "jobmon", False)
+    import sys
+
+    assert replaced == (sys.version_info < (3, 12))
