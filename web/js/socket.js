@@ -1,7 +1,7 @@
 // The live connection: Socket.IO on the same origin, its state (live / reconnecting / offline),
 // resuming from the last job event id after a reconnect, and job subscriptions that survive it.
 
-import { io } from '/web/node_modules/socket.io-client/dist/socket.io.esm.min.js';
+import { io } from '/web/vendor/socket.io-client/socket.io.esm.min.js';
 import { live, publish, rememberJob, knownJob, session } from './state.js';
 
 const OFFLINE_AFTER_MS = 15_000; // still retrying, but say "offline" after this long without a server

@@ -1,6 +1,6 @@
 // The 7-day chart (uPlot): stacked bars of succeeded / partial / failed / cancelled per day.
 
-import uPlot from '/web/node_modules/uplot/dist/uPlot.esm.js';
+import uPlot from '/web/vendor/uplot/uPlot.esm.js';
 
 const SERIES = [
   { key: 'success', label: 'Succeeded', colour: '#1a7f37' },
