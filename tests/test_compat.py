@@ -25,7 +25,8 @@ def _resolve(dotted: str):
             continue
     for attr in parts[cut:]:
         target = getattr(target, attr)
-    return target
+    # a method we replaced (once a server has started in this process): check the original
+    return getattr(target, "replaced", target)
 
 
 @pytest.mark.parametrize("dotted", sorted(CHECKED))

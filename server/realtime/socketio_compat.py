@@ -74,6 +74,7 @@ def install_fast_writer() -> None:
         return packets
 
     poll.jobmon = True
+    poll.replaced = async_socket.AsyncSocket.poll  # the original, for tests/test_compat.py
     async_socket.AsyncSocket.poll = poll
 
 
