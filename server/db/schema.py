@@ -2,7 +2,18 @@
 
 Every timestamp column holds milliseconds since the Unix epoch (UTC) as an integer: it sorts,
 indexes and compares the same way on SQLite and PostgreSQL; `timeutil.iso` formats it at the
-edge. Each table is read and written by one store (named beside it); nothing else queries it.
+edge.
+
+Who reads and writes each table (nothing else sends SQL to it):
+- users, sessions, api_tokens: accounts.store; audit_log: accounts.audit
+- jobs, job_customers, job_events, event_counters: jobs.store (every change, and the user's reads);
+  jobs.events reads the event log; jobs.retention prunes old events and customer rows;
+  admin.queries is the admin read model over jobs, job_customers and job_events
+- job_counts, daily_stats, duration_histogram: written by jobs.store in each change's
+  transaction, read by stats (counts, live, aggregates; aggregates' verify recounts them from jobs)
+- job_alerts: realtime.alerts; retention_state: jobs.retention; schema_version: db.migrations
+- appstatus_cache, appstatus_claims, appstatus_generations, cache_counters: appstatus.cache
+  (which reads a job's CIDs from job_customers inside its own lookup query, in one round trip)
 """
 
 from __future__ import annotations
