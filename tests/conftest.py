@@ -1,12 +1,31 @@
-"""Fixtures: the simulated cluster, fresh databases on each backend, and live servers."""
+"""Fixtures: the simulated clusters, fresh databases on each backend, and live servers.
+
+Most tests only need a running server: they get the `server` of their backend, one per backend for
+the whole session, and are kept apart by their users (`alice`, `bob` and `admin` have unique names;
+each test sees only what its own users did). A test that reads global figures (everyone's stats,
+every user, every cache entry) is marked `own_server` and gets a server with a database of its own;
+`make_server(**settings)` makes servers with other settings, several nodes, or a restart.
+"""
 
 from __future__ import annotations
 
+import functools
+
 import pytest
 
-from support import SimulatorServer, LiveServer, database_url, write_clusters_file
+from support import BACKENDS, LiveServer, SimulatorServer, database_url, server_settings, unique
 
-BACKENDS = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
+
+@pytest.fixture(scope="session", autouse=True)
+def cheap_password_hashes():
+    """Argon2 at its cheapest in the in-process servers and helpers: the same checks, in a millisecond
+    instead of a fifth of a second per user made and per login (as Django's test settings do)."""
+    from argon2 import PasswordHasher
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr("server.accounts.store.PasswordHasher",
+                      functools.partial(PasswordHasher, time_cost=1, memory_cost=1024, parallelism=1))
+        yield
 
 
 @pytest.fixture(scope="session")
@@ -46,21 +65,16 @@ def backend(request):
 
 @pytest.fixture
 def make_server(backend, tmp_path, sim, sim2):
-    """Start Job Monitor servers on the test's backend; `make_server(**env)` adds JOBMON_ settings."""
+    """Start Job Monitor servers on a fresh database of the test's backend; `make_server(**env)` adds
+    JOBMON_ settings. Every server made by one test shares that test's database."""
     started, databases = [], []
     url, handle = database_url(backend, tmp_path)
     if handle is not None:
         databases.append(handle)
-    clusters = write_clusters_file(tmp_path / "clusters.json", {"sim": sim.url, "sim2": sim2.url})
+    defaults = server_settings(tmp_path, url, {"sim": sim.url, "sim2": sim2.url})
 
     def make(**env) -> LiveServer:
-        settings = {
-            "JOBMON_DATA_DIR": str(tmp_path / "data"),
-            "JOBMON_DATABASE_URL": url,
-            "JOBMON_CLUSTERS_FILE": str(clusters),
-            "JOBMON_LEASE_SECONDS": "2",
-            "JOBMON_UPSTREAM_TIMEOUT": "5",
-        }
+        settings = dict(defaults)
         settings.update({key if key.startswith("JOBMON_") else f"JOBMON_{key.upper()}": str(value)
                          for key, value in env.items()})
         server = LiveServer(settings)
@@ -75,22 +89,55 @@ def make_server(backend, tmp_path, sim, sim2):
         database.drop()
 
 
+@pytest.fixture(scope="session")
+def shared_servers(tmp_path_factory, simulator_session, simulator2_session):
+    """`shared_servers(backend)`: the session's server on that backend, started when first asked for."""
+    servers: dict[str, LiveServer] = {}
+    databases = []
+
+    def get(backend: str) -> LiveServer:
+        if backend not in servers:
+            folder = tmp_path_factory.mktemp(f"shared-{backend}")
+            url, handle = database_url(backend, folder)
+            if handle is not None:
+                databases.append(handle)
+            servers[backend] = LiveServer(server_settings(folder, url, {"sim": simulator_session.url,
+                                                                         "sim2": simulator2_session.url}))
+        return servers[backend]
+
+    yield get
+    for server in servers.values():
+        server.stop()
+    for database in databases:
+        database.drop()
+
+
 @pytest.fixture
-def server(make_server):
-    """One Job Monitor server with default settings."""
-    return make_server()
+def server(request, backend, shared_servers, sim, sim2):
+    """A Job Monitor server with default settings: the backend's shared one, or with
+    @pytest.mark.own_server one with a database of its own."""
+    if request.node.get_closest_marker("own_server"):
+        yield request.getfixturevalue("make_server")()
+        return
+    shared = shared_servers(backend)
+    yield shared
+    # the next test starts on a quiet server: no job of this one still calling the clusters
+    sim.reset()
+    sim2.reset()
+    shared.settle()
+    shared.close_clients()
 
 
 @pytest.fixture
 def alice(server):
-    return server.create_user("alice")
+    return server.create_user(unique("alice"))
 
 
 @pytest.fixture
 def bob(server):
-    return server.create_user("bob")
+    return server.create_user(unique("bob"))
 
 
 @pytest.fixture
 def admin(server):
-    return server.create_user("root-admin", role="admin")
+    return server.create_user(unique("root-admin"), role="admin")

@@ -14,6 +14,7 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -31,6 +32,25 @@ IN_CI = os.environ.get("CI", "").lower() == "true"
 PG_ADMIN_URL = os.environ.get("JOBMON_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
 REDIS_URL = os.environ.get("JOBMON_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 CHROMIUM = os.environ.get("JOBMON_TEST_CHROMIUM", "/usr/bin/chromium")
+
+# The database backends every database test runs on (conftest's `backend` fixture, test_admin's `world`,
+# the benchmarks' --backend); a PostgreSQL case skips without PostgreSQL, and fails without it in CI.
+BACKEND_NAMES = ("sqlite", "postgres")
+BACKENDS = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
+
+
+# One TLS context for every test client: httpx builds one per client otherwise (about 20 ms each,
+# loading the CA bundle), though every server here is plain HTTP on loopback
+TLS = ssl.create_default_context()
+
+
+def http_client(**kwargs) -> httpx.Client:
+    """An httpx client for the loopback servers (sharing TLS)."""
+    return httpx.Client(verify=TLS, **kwargs)
+
+
+def async_http_client(**kwargs) -> httpx.AsyncClient:
+    return httpx.AsyncClient(verify=TLS, **kwargs)
 
 
 def missing(reason: str) -> None:
@@ -78,6 +98,11 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def unique(name: str) -> str:
+    """A username no other test uses: tests that share a server meet only the users they made."""
+    return f"{name}-{uuid.uuid4().hex[:8]}"
+
+
 class ThreadedServer:
     """Runs an ASGI app under uvicorn in a background thread on a free loopback port."""
 
@@ -117,7 +142,7 @@ class SimulatorServer:
         self.app = create_simulator_app()
         self.server = ThreadedServer(self.app).start()
         self.url = self.server.url
-        self.http = httpx.Client(base_url=self.url, timeout=10)
+        self.http = http_client(base_url=self.url, timeout=10)
 
     def knobs(self, **changes) -> dict:
         response = self.http.put("/_sim/knobs", json=changes)
@@ -180,6 +205,17 @@ def write_clusters_file(path: Path, clusters: dict[str, str]) -> Path:
     return path
 
 
+def server_settings(folder: Path, database: str, clusters: dict[str, str]) -> dict[str, str]:
+    """The JOBMON_ settings of a test server: its data in `folder`, these clusters, short leases."""
+    return {
+        "JOBMON_DATA_DIR": str(folder / "data"),
+        "JOBMON_DATABASE_URL": database,
+        "JOBMON_CLUSTERS_FILE": str(write_clusters_file(folder / "clusters.json", clusters)),
+        "JOBMON_LEASE_SECONDS": "2",
+        "JOBMON_UPSTREAM_TIMEOUT": "5",
+    }
+
+
 class LiveServer:
     """A Job Monitor server under uvicorn in a thread, with its settings and database."""
 
@@ -197,9 +233,23 @@ class LiveServer:
         self._clients: list[Api] = []
 
     def stop(self) -> None:
+        self.close_clients()
+        self.server.stop()
+
+    def close_clients(self) -> None:
+        """Close the API clients made so far by client()."""
         for api in self._clients:
             api.close()
-        self.server.stop()
+        self._clients.clear()
+
+    def settle(self, timeout: float = 30) -> None:
+        """Wait until no job is queued or running: a shared server's next test starts on a quiet server."""
+        deadline = time.monotonic() + timeout
+        sql = "SELECT COUNT(*) FROM jobs WHERE status IN ('QUEUED', 'IN_PROGRESS')"
+        while (busy := db_rows(self.settings.database_url, sql)[0][0]) > 0:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{busy} job(s) still queued or running {timeout} s after the test")
+            time.sleep(0.02)
 
     def stop_serving(self) -> None:
         """Shut the server down as a stop would, keeping its port, settings and database (see restart)."""
@@ -247,7 +297,7 @@ class Api:
 
     def __init__(self, url: str):
         self.url = url
-        self.http = httpx.Client(base_url=url, timeout=30)
+        self.http = http_client(base_url=url, timeout=30)
         self.csrf: str | None = None
 
     def login(self, username: str, password: str) -> httpx.Response:
@@ -319,15 +369,16 @@ class SubprocessServer:
                 [sys.executable, "-m", "server", "serve", "--port", str(self.port)],
                 cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"server exited: {self.output()}")
-            try:
-                if httpx.get(self.url + "/readyz", timeout=1).status_code == 200:
-                    return self
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.05)
+        with http_client(timeout=1) as http:
+            while time.monotonic() < deadline:
+                if self.process.poll() is not None:
+                    raise RuntimeError(f"server exited: {self.output()}")
+                try:
+                    if http.get(self.url + "/readyz").status_code == 200:
+                        return self
+                except httpx.HTTPError:
+                    pass
+                time.sleep(0.05)
         raise RuntimeError("server did not become ready within 30 s")
 
     def kill(self) -> None:

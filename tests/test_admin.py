@@ -16,11 +16,9 @@ from server.api import admin as admin_routes
 from server.stats.aggregates import AdminStats
 from server.db import Db
 from server.timeutil import now_ms
-from support import LiveServer, database_url, write_clusters_file
+from support import BACKENDS, LiveServer, database_url, server_settings
 from support import api_error as error
 from support import with_db
-
-BACKENDS = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
 
 STATUSES = ("QUEUED", "IN_PROGRESS", "SUCCESS", "FAILED", "PARTIAL", "CANCELLED")
 FINAL = ("SUCCESS", "FAILED", "PARTIAL", "CANCELLED")
@@ -103,10 +101,7 @@ def world(request, tmp_path_factory, simulator_session, simulator2_session):
     """One server with a populated database per backend, shared by the tests that only read it."""
     tmp = tmp_path_factory.mktemp("admin")
     url, database = database_url(request.param, tmp)
-    clusters = write_clusters_file(tmp / "clusters.json", {"sim": simulator_session.url,
-                                                           "sim2": simulator2_session.url})
-    server = LiveServer({"JOBMON_DATA_DIR": str(tmp / "data"), "JOBMON_DATABASE_URL": url,
-                         "JOBMON_CLUSTERS_FILE": str(clusters), "JOBMON_LEASE_SECONDS": "2"})
+    server = LiveServer(server_settings(tmp, url, {"sim": simulator_session.url, "sim2": simulator2_session.url}))
     try:
         yield populate(server, simulator_session, simulator2_session)
     finally:
@@ -117,35 +112,48 @@ def world(request, tmp_path_factory, simulator_session, simulator2_session):
             database.drop()
 
 
-def test_every_admin_path_refuses_non_admins(world):
-    server = world["server"]
-    job_id = world["jobs"][0]["job_id"]
-    paths = [("GET", "/admin/jobs"), ("GET", "/admin/jobs?sort=bogus"), ("GET", "/admin/jobs.csv"),
-             ("GET", "/admin/jobs?format=csv"), ("GET", "/admin/jobs/stats"), ("GET", "/admin/jobs/stats/verify"),
-             ("GET", f"/admin/jobs/{job_id}"), ("GET", f"/admin/jobs/{job_id}/results"),
-             ("GET", "/admin/jobs/not-a-uuid"), ("GET", "/admin/audit"), ("GET", "/admin/users"),
-             ("POST", "/admin/users"), ("GET", "/admin/retention")]
-    # every route this module serves is in the list above
+ADMIN_PATHS = [("GET", "/admin/jobs"), ("GET", "/admin/jobs?sort=bogus"), ("GET", "/admin/jobs.csv"),
+               ("GET", "/admin/jobs?format=csv"), ("GET", "/admin/jobs/stats"), ("GET", "/admin/jobs/stats/verify"),
+               ("GET", "/admin/jobs/{job_id}"), ("GET", "/admin/jobs/{job_id}/results"),
+               ("GET", "/admin/jobs/not-a-uuid"), ("GET", "/admin/audit"), ("GET", "/admin/users"),
+               ("POST", "/admin/users"), ("GET", "/admin/retention")]
+
+
+def test_the_refusal_cases_cover_every_admin_route():
     served = {route.path for route in admin_routes.routes()}
-    assert served <= {path.split("?")[0].replace(job_id, "{job_id}").replace("not-a-uuid", "{job_id}")
-                      for _, path in paths}
-    admin = world["admin"]
-    refused = {
-        "user session": server.client(world["alice"]),
-        "user write token": server.client(token=server.create_token(world["alice"], "write")),
-        "admin read token": server.client(token=server.create_token(admin, "read")),
-        "admin write token": server.client(token=server.create_token(admin, "write")),
+    assert served <= {path.split("?")[0].replace("not-a-uuid", "{job_id}") for _, path in ADMIN_PATHS}
+
+
+@pytest.fixture(scope="module")
+def credentials(world) -> dict:
+    """Clients of the world's server by credential: those an admin path refuses, and an admin token."""
+    server, alice, admin = world["server"], world["alice"], world["admin"]
+    return {
+        "refused": {
+            "user session": server.client(alice),
+            "user write token": server.client(token=server.create_token(alice, "write")),
+            "admin read token": server.client(token=server.create_token(admin, "read")),
+            "admin write token": server.client(token=server.create_token(admin, "write")),
+        },
+        "admin token": server.client(token=server.create_token(admin, "admin")),
     }
-    for method, path in paths:
-        body = {"json": {"username": "mallory", "password": "correct-horse"}} if method == "POST" else {}
-        for who, api in refused.items():
-            error(api.http.request(method, path, **body), 403)
-        error(server.client().http.request(method, path, **body), 401)
-    allowed = server.client(token=server.create_token(admin, "admin"))
-    for method, path in paths:
-        if method == "GET" and "bogus" not in path and "not-a-uuid" not in path:
-            assert allowed.get(path).status_code == 200, path
-    # an admin's own session writes only with its CSRF token
+
+
+@pytest.mark.parametrize("method, path", ADMIN_PATHS)
+def test_an_admin_path_refuses_non_admins(world, credentials, method, path):
+    server = world["server"]
+    path = path.format(job_id=world["jobs"][0]["job_id"])
+    body = {"json": {"username": "mallory", "password": "correct-horse"}} if method == "POST" else {}
+    for who, api in credentials["refused"].items():
+        error(api.http.request(method, path, **body), 403)
+    error(server.client().http.request(method, path, **body), 401)
+    if method == "GET" and "bogus" not in path and "not-a-uuid" not in path:
+        assert credentials["admin token"].get(path).status_code == 200, path
+
+
+def test_an_admins_session_writes_only_with_its_csrf_token(world, credentials):
+    server, admin = world["server"], world["admin"]
+    allowed = credentials["admin token"]
     session = server.client(admin)
     del session.http.headers["X-CSRF-Token"]
     assert error(session.post("/admin/users", json={"username": "eve", "password": "correct-horse"}),
@@ -219,18 +227,19 @@ def test_every_filter_and_sort(world, monkeypatch):
     assert checked == set(orders)
 
     # whatever index a page is read through, the answer is the same (each plan forced in turn)
-    real_plan = admin_module._plan
+    real_plan = admin_module.plan_arm
     for hide in [frozenset(), {"status"}, {"user_id"}, {"created_at"}, {"finished_at", "duration_ms"},
                  {"status", "user_id", "created_at", "updated_at", "finished_at", "duration_ms"}]:
-        monkeypatch.setattr(admin_module, "_plan", lambda *args, hide=hide: admin_module._Plan(frozenset(hide), "t"))
+        monkeypatch.setattr(admin_module, "plan_arm", lambda *args, hide=hide: admin_module.Plan(frozenset(hide), "t"))
         for index, (params, keep) in enumerate(cases[1:12]):
             chosen = [j for j in truth if keep(j)]
             sort, order = (("duration", "asc"), ("status", "desc"), ("updated_at", "desc"))[index % 3]
             got = walk(api, limit=4, sort=sort, order=order, **params)
             assert [j["job_id"] for j in got] == expected_order(chosen, sort, order), (hide, params, sort)
-    monkeypatch.setattr(admin_module, "_plan", real_plan)
+    monkeypatch.setattr(admin_module, "plan_arm", real_plan)
 
 
+@pytest.mark.slow  # pages read while jobs run and arrive, on a cluster slowed down
 def test_cursor_pages_have_no_duplicates_or_gaps_while_jobs_arrive(make_server, sim):
     server = make_server(BATCH_SIZE=1, BATCH_CONCURRENCY=1)
     alice, admin = server.create_user("alice"), server.create_user("root-admin", role="admin")
@@ -442,66 +451,80 @@ def test_csv_export_streams_the_filtered_list(world):
     assert error(api.get("/admin/jobs.csv", params={"limit": "5"}), 400)["details"]["field"] == "limit"
 
 
-def test_bad_parameters_are_400_naming_the_parameter(world):
+@pytest.mark.parametrize("path, params, field", [
+    ("/admin/jobs", {"sort": "bogus"}, "sort"),
+    ("/admin/jobs", {"sort": "created_at; DROP TABLE jobs"}, "sort"),
+    ("/admin/jobs", {"order": "sideways"}, "order"),
+    ("/admin/jobs", {"limit": "501"}, "limit"),
+    ("/admin/jobs", {"limit": str(10 ** 30)}, "limit"),
+    ("/admin/jobs", {"limit": "0"}, "limit"),
+    ("/admin/jobs", {"limit": "ten"}, "limit"),
+    ("/admin/jobs", {"created_from": "yesterday"}, "created_from"),
+    ("/admin/jobs", {"created_to": "2026-13-01"}, "created_to"),
+    ("/admin/jobs", {"finished_from": "2026-02-30T10:00:00Z"}, "finished_from"),
+    ("/admin/jobs", {"finished_to": "1" * 41}, "finished_to"),
+    ("/admin/jobs", {"created_from": "2026-03-02", "created_to": "2026-03-01"}, "created_to"),
+    ("/admin/jobs", {"status": "DONE"}, "status"),
+    ("/admin/jobs", {"status": "SUCCESS,nope"}, "status"),
+    ("/admin/jobs", {"action": "fly"}, "action"),
+    ("/admin/jobs", {"user": "nobody"}, "user"),
+    ("/admin/jobs", {"user": "99999"}, "user"),
+    ("/admin/jobs", {"cluster": "bad cluster!"}, "cluster"),
+    ("/admin/jobs", {"text": "x" * 201}, "text"),
+    ("/admin/jobs", {"cursor": "garbage"}, "cursor"),
+    ("/admin/jobs", {"cursor": "e30.e30"}, "cursor"),
+    ("/admin/jobs", {"cursor": "<tampered cursor>"}, "cursor"),
+    ("/admin/jobs", {"cursor": "<cut cursor>"}, "cursor"),
+    ("/admin/jobs", {"cursor": "<cursor>", "sort": "updated_at"}, "cursor"),
+    ("/admin/jobs", {"cursor": "<cursor>", "order": "asc"}, "cursor"),
+    ("/admin/jobs", {"cursor": "x" * 3000}, "cursor"),
+    ("/admin/jobs", {"format": "xml"}, "format"),
+    ("/admin/jobs", {"sort_by": "created_at"}, "sort_by"),
+    ("/admin/jobs.csv", {"cursor": "<cursor>"}, "cursor"),
+    ("/admin/jobs/stats", {"days": "91"}, "days"),
+    ("/admin/jobs/stats", {"window": "7"}, "window"),
+    ("/admin/jobs/<job>", {"events_limit": "5000"}, "events_limit"),
+    ("/admin/jobs/<job>/results", {"outcome": "WHATEVER"}, "outcome"),
+    ("/admin/jobs/<job>/results", {"outcome": "FAILED,SUCCESS"}, "outcome"),
+    ("/admin/jobs/<job>/results", {"limit": "100000"}, "limit"),
+    ("/admin/jobs/<job>/results", {"cursor": "<cursor>"}, "cursor"),
+    ("/admin/audit", {"kind": "Login!"}, "kind"),
+    ("/admin/audit", {"from": "tomorrow"}, "from"),
+    ("/admin/audit", {"from": "2026-03-02", "to": "2026-03-01"}, "to"),
+    ("/admin/audit", {"user": "424242"}, "user"),
+    ("/admin/audit", {"cursor": "<cursor>"}, "cursor"),
+])
+def test_bad_parameters_are_400_naming_the_parameter(world, path, params, field):
     api = world["server"].client(world["admin"])
-    page = api.get("/admin/jobs", params={"limit": 2}).json()
-    cursor = page["next_cursor"]
+    cursor = api.get("/admin/jobs", params={"limit": 2}).json()["next_cursor"]
     body, _, mac = cursor.partition(".")
-    tampered = body[:-2] + ("A" if body[-2] != "A" else "B") + body[-1] + "." + mac
-    job_id = world["jobs"][0]["job_id"]
-    cases = [
-        ("/admin/jobs", {"sort": "bogus"}, "sort"),
-        ("/admin/jobs", {"sort": "created_at; DROP TABLE jobs"}, "sort"),
-        ("/admin/jobs", {"order": "sideways"}, "order"),
-        ("/admin/jobs", {"limit": "501"}, "limit"),
-        ("/admin/jobs", {"limit": str(10 ** 30)}, "limit"),
-        ("/admin/jobs", {"limit": "0"}, "limit"),
-        ("/admin/jobs", {"limit": "ten"}, "limit"),
-        ("/admin/jobs", {"created_from": "yesterday"}, "created_from"),
-        ("/admin/jobs", {"created_to": "2026-13-01"}, "created_to"),
-        ("/admin/jobs", {"finished_from": "2026-02-30T10:00:00Z"}, "finished_from"),
-        ("/admin/jobs", {"finished_to": "1" * 41}, "finished_to"),
-        ("/admin/jobs", {"created_from": "2026-03-02", "created_to": "2026-03-01"}, "created_to"),
-        ("/admin/jobs", {"status": "DONE"}, "status"),
-        ("/admin/jobs", {"status": "SUCCESS,nope"}, "status"),
-        ("/admin/jobs", {"action": "fly"}, "action"),
-        ("/admin/jobs", {"user": "nobody"}, "user"),
-        ("/admin/jobs", {"user": "99999"}, "user"),
-        ("/admin/jobs", {"cluster": "bad cluster!"}, "cluster"),
-        ("/admin/jobs", {"text": "x" * 201}, "text"),
-        ("/admin/jobs", {"cursor": "garbage"}, "cursor"),
-        ("/admin/jobs", {"cursor": "e30.e30"}, "cursor"),
-        ("/admin/jobs", {"cursor": tampered}, "cursor"),
-        ("/admin/jobs", {"cursor": cursor[:-3]}, "cursor"),
-        ("/admin/jobs", {"cursor": cursor, "sort": "updated_at"}, "cursor"),
-        ("/admin/jobs", {"cursor": cursor, "order": "asc"}, "cursor"),
-        ("/admin/jobs", {"cursor": "x" * 3000}, "cursor"),
-        ("/admin/jobs", {"format": "xml"}, "format"),
-        ("/admin/jobs", {"sort_by": "created_at"}, "sort_by"),
-        ("/admin/jobs.csv", {"cursor": cursor}, "cursor"),
-        ("/admin/jobs/stats", {"days": "91"}, "days"),
-        ("/admin/jobs/stats", {"window": "7"}, "window"),
-        (f"/admin/jobs/{job_id}", {"events_limit": "5000"}, "events_limit"),
-        (f"/admin/jobs/{job_id}/results", {"outcome": "WHATEVER"}, "outcome"),
-        (f"/admin/jobs/{job_id}/results", {"outcome": "FAILED,SUCCESS"}, "outcome"),
-        (f"/admin/jobs/{job_id}/results", {"limit": "100000"}, "limit"),
-        (f"/admin/jobs/{job_id}/results", {"cursor": cursor}, "cursor"),
-        ("/admin/audit", {"kind": "Login!"}, "kind"),
-        ("/admin/audit", {"from": "tomorrow"}, "from"),
-        ("/admin/audit", {"from": "2026-03-02", "to": "2026-03-01"}, "to"),
-        ("/admin/audit", {"user": "424242"}, "user"),
-        ("/admin/audit", {"cursor": cursor}, "cursor"),
-    ]
-    for path, params, field in cases:
-        body = error(api.get(path, params=params), 400)
-        assert body["details"]["field"] == field, (path, params, body)
-    assert api.get("/admin/jobs", params={"cursor": cursor}).status_code == 200  # the untouched one works
-    # POST /admin/users: wrong and hostile bodies
-    for payload, field in [({"username": "x y", "password": "correct-horse"}, "username"),
-                           ({"username": "eve", "password": "short"}, "password"),
-                           ({"username": "eve", "password": "correct-horse", "role": "root"}, "role"),
-                           ({"username": "eve", "password": "correct-horse", "is_admin": True}, "is_admin")]:
-        assert error(api.post("/admin/users", json=payload), 400)["details"]["field"] == field
+    made = {"<cursor>": cursor, "<cut cursor>": cursor[:-3],
+            "<tampered cursor>": body[:-2] + ("A" if body[-2] != "A" else "B") + body[-1] + "." + mac}
+    path = path.replace("<job>", world["jobs"][0]["job_id"])
+    params = {name: made.get(value, value) for name, value in params.items()}
+    answer = error(api.get(path, params=params), 400)
+    assert answer["details"]["field"] == field, (path, params, answer)
+
+
+def test_an_untouched_cursor_works(world):
+    api = world["server"].client(world["admin"])
+    cursor = api.get("/admin/jobs", params={"limit": 2}).json()["next_cursor"]
+    assert api.get("/admin/jobs", params={"cursor": cursor}).status_code == 200
+
+
+@pytest.mark.parametrize("payload, field", [
+    ({"username": "x y", "password": "correct-horse"}, "username"),
+    ({"username": "eve", "password": "short"}, "password"),
+    ({"username": "eve", "password": "correct-horse", "role": "root"}, "role"),
+    ({"username": "eve", "password": "correct-horse", "is_admin": True}, "is_admin"),
+])
+def test_a_wrong_new_user_is_400_naming_the_field(world, payload, field):
+    api = world["server"].client(world["admin"])
+    assert error(api.post("/admin/users", json=payload), 400)["details"]["field"] == field
+
+
+def test_hostile_new_user_bodies(world):
+    api = world["server"].client(world["admin"])
     error(api.post("/admin/users", content=b"[1, 2]", headers={"content-type": "application/json"}), 400)
     error(api.post("/admin/users", content=b"x" * 20000, headers={"content-type": "application/json"}), 413)
 

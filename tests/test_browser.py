@@ -21,7 +21,8 @@ import pytest
 
 from support import require_chromium
 
-pytestmark = pytest.mark.browser
+# a server each: the pages show every user's figures to the admin, and one test restarts its server
+pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.own_server]
 
 # the README's screenshots are rewritten by `make screenshots`; other runs keep theirs elsewhere
 SCREENSHOTS = Path(os.environ.get("JOBMON_SCREENSHOTS") or Path(tempfile.gettempdir()) / "jobmon-screenshots")

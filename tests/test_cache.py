@@ -14,6 +14,9 @@ from server.sim.cluster import app_status_for
 from support import api_error as error
 from support import finished_job
 
+# the cache is the cluster's, shared by every user, and its figures count everyone's: a server each
+pytestmark = pytest.mark.own_server
+
 
 def appstatus(api, job, **params) -> dict:
     response = api.get(f"/api/jobs/{job['job_id']}/appstatus", params=params)
@@ -67,6 +70,7 @@ def test_hits_misses_and_stats_scoped_per_user(server, alice, bob, admin, sim):
     assert error(server.client().get("/api/cache/stats"), 401)
 
 
+@pytest.mark.slow  # waits for entries to expire, twice
 def test_ttl_expiry_per_request_and_per_entry(server, alice, admin, sim):
     api = server.client(alice)
     job = finished_job(api, ["C1", "C2", "C3"])
@@ -98,6 +102,7 @@ def test_ttl_expiry_per_request_and_per_entry(server, alice, admin, sim):
     assert sim.stats()["appstatus_batch_calls"] == 5
 
 
+@pytest.mark.slow  # waits for the background cleanup
 def test_expired_entries_are_cleaned_up_in_the_background(make_server, alice_and_admin_on, sim):
     server = make_server(APPSTATUS_CLEANUP_INTERVAL="0.2")
     alice, admin = alice_and_admin_on(server)
@@ -277,6 +282,7 @@ def test_chunks_fallback_and_single_flight(make_server, alice_and_admin_on, sim)
     assert all(counts(a) == (0, 25) for a in answers)
 
 
+@pytest.mark.slow  # two nodes
 def test_single_flight_across_two_nodes_sharing_the_database(make_server, alice_and_admin_on, sim):
     node_a = make_server(APPSTATUS_BATCH_SIZE="10")
     node_b = make_server(APPSTATUS_BATCH_SIZE="10")
@@ -308,16 +314,20 @@ def test_clusters_never_share_entries(server, alice, sim, sim2):
     assert (per_cluster["sim"]["entries"], per_cluster["sim2"]["entries"]) == (2, 2)
 
 
-def test_cache_settings_are_checked_at_start_up(tmp_path):
+def test_cache_settings_default(tmp_path):
+    from server.config import load_settings
+
+    settings = load_settings({"JOBMON_DATA_DIR": str(tmp_path), "JOBMON_SECRET_KEY": "x" * 32})
+    assert (settings.appstatus_batch_size, settings.appstatus_concurrency, settings.appstatus_ttl) == (500, 8, 1800)
+
+
+@pytest.mark.parametrize("name, value", [("APPSTATUS_BATCH_SIZE", "1001"), ("APPSTATUS_BATCH_SIZE", "0"),
+                                         ("APPSTATUS_CONCURRENCY", "many"), ("APPSTATUS_TTL", "0"),
+                                         ("APPSTATUS_TTL", "604801"), ("APPSTATUS_CLEANUP_INTERVAL", "-1"),
+                                         ("STATES_MAX_PAGES", "0")])
+def test_cache_settings_are_checked_at_start_up(tmp_path, name, value):
     from server.config import ConfigError, load_settings
 
-    base = {"JOBMON_DATA_DIR": str(tmp_path), "JOBMON_SECRET_KEY": "x" * 32}
-    settings = load_settings(base)
-    assert (settings.appstatus_batch_size, settings.appstatus_concurrency, settings.appstatus_ttl) == (500, 8, 1800)
-    for name, value in [("APPSTATUS_BATCH_SIZE", "1001"), ("APPSTATUS_BATCH_SIZE", "0"),
-                        ("APPSTATUS_CONCURRENCY", "many"), ("APPSTATUS_TTL", "0"),
-                        ("APPSTATUS_TTL", "604801"), ("APPSTATUS_CLEANUP_INTERVAL", "-1"),
-                        ("STATES_MAX_PAGES", "0")]:
-        with pytest.raises(ConfigError) as raised:
-            load_settings({**base, f"JOBMON_{name}": value})
-        assert f"JOBMON_{name}={value!r}" in str(raised.value)
+    with pytest.raises(ConfigError) as raised:
+        load_settings({"JOBMON_DATA_DIR": str(tmp_path), "JOBMON_SECRET_KEY": "x" * 32, f"JOBMON_{name}": value})
+    assert f"JOBMON_{name}={value!r}" in str(raised.value)

@@ -6,7 +6,9 @@ import os
 import subprocess
 import sys
 
-from support import ROOT
+import pytest
+
+from support import ROOT, SubprocessServer
 
 
 def cli(server, *args: str, stdin: str = "") -> subprocess.CompletedProcess:
@@ -17,6 +19,8 @@ def cli(server, *args: str, stdin: str = "") -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=60)
 
 
+# the CLI's answers name the new users' ids: 1 on a database of their own
+@pytest.mark.own_server
 def test_create_user_and_token(server, sim):
     made = cli(server, "create-user", "carol", "--password-stdin", stdin="a long passphrase\n")
     assert made.returncode == 0, made.stderr
@@ -40,6 +44,8 @@ def test_create_user_and_token(server, sim):
     assert [t["name"] for t in api.get("/api/tokens").json()["tokens"]] == ["deploy-bot"]
 
 
+@pytest.mark.own_server
+@pytest.mark.slow  # eight runs of the command line, each a Python process of its own
 def test_cli_refusals(server):
     short = cli(server, "create-user", "dave", "--password-stdin", stdin="short\n")
     assert short.returncode == 1 and short.stderr.strip() == "error: A password has 8 to 1024 characters"
@@ -60,3 +66,15 @@ def test_cli_refusals(server):
     admin_token = cli(server, "create-token", "erin", "--scope", "admin").stdout.strip()
     assert server.client(token=admin_token).get("/api/auth/me").json()["user"]["scope"] == "admin"
 
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("level, shown", [("WARNING", False), ("INFO", True)])
+def test_log_level_sets_the_applications_own_loggers(tmp_path, level, shown):
+    server = SubprocessServer({"JOBMON_DATA_DIR": str(tmp_path), "JOBMON_LOG_LEVEL": level,
+                               "JOBMON_DATABASE_URL": f"sqlite:///{tmp_path}/jobmon.db"}).start()
+    try:
+        # logged by server.db.migrations while the fresh database is created
+        assert ("INFO server.db.migrations: created database schema" in server.output()) is shown, server.output()
+    finally:
+        server.stop()

@@ -7,6 +7,8 @@ import time
 import uuid
 from datetime import datetime
 
+import pytest
+
 from support import api_error as error
 from support import db_rows
 
@@ -119,14 +121,26 @@ def test_listing_filters_and_pagination(server, alice, bob, sim):
     assert ids(cluster="sim2") == []
     assert len(ids(status="queued,in_progress,success,failed,partial,cancelled")) == 13
 
-    assert error(api.get("/api/jobs/mine", params={"status": "DONE"}), 400)["details"] == {"field": "status"}
-    assert error(api.get("/api/jobs/mine", params={"action": "nope"}), 400)["code"] == "unknown_action"
-    for bad in ["abc", "e30", "W10", "WyJ4IiwgInkiXQ", "!!!", "x" * 600]:
-        assert error(api.get("/api/jobs/mine", params={"cursor": bad}), 400)["details"] == {"field": "cursor"}
-    for limit in ["0", "201", "-1", "ten", "1e3"]:
-        assert error(api.get("/api/jobs/mine", params={"limit": limit}), 400)["details"] == {"field": "limit"}
-    assert error(api.get("/api/jobs/mine", params={"q": "x" * 101}), 400)["details"] == {"field": "q"}
     assert error(server.client().get("/api/jobs/mine"), 401)
+
+
+@pytest.mark.parametrize("params, field", [
+    *[({"cursor": bad}, "cursor") for bad in ["abc", "e30", "W10", "WyJ4IiwgInkiXQ", "!!!", "x" * 600]],
+    *[({"limit": limit}, "limit") for limit in ["0", "201", "-1", "ten", "1e3"]],
+    ({"q": "x" * 101}, "q"),
+])
+def test_listing_refuses_bad_parameters_naming_them(server, alice, params, field):
+    assert error(server.client(alice).get("/api/jobs/mine", params=params), 400)["details"] == {"field": field}
+
+
+def test_listing_refuses_an_unknown_status_listing_the_valid_ones(server, alice):
+    assert error(server.client(alice).get("/api/jobs/mine", params={"status": "DONE"}), 400)["details"] == {
+        "field": "status", "valid": ["CANCELLED", "FAILED", "IN_PROGRESS", "PARTIAL", "QUEUED", "SUCCESS"]}
+
+
+def test_listing_refuses_an_unknown_action(server, alice):
+    assert error(server.client(alice).get("/api/jobs/mine", params={"action": "nope"}), 400)["code"] == \
+        "unknown_action"
 
 
 def test_customers_pagination_filter_and_stats(server, alice, sim):
@@ -184,10 +198,10 @@ def test_another_users_job_is_out_of_reach(server, alice, bob, admin, sim):
     job_id = job["job_id"]
     bob_token = server.client(token=server.create_token(bob, "write"))
     for client in (bob_api, bob_token):
-        for method, path in [("GET", ""), ("GET", "/customers"), ("POST", "/cancel"), ("POST", "/retry")]:
+        for method, path in JOB_PATHS:
             answer = client.http.request(method, f"/api/jobs/{job_id}{path}")
             assert error(answer, 403)["code"] == "forbidden", (method, path)
-            assert "C1" not in answer.text and "alice" not in answer.text
+            assert "C1" not in answer.text and alice["username"] not in answer.text
         assert client.get("/api/jobs/mine", params={"q": job_id}).json()["jobs"] == []
         assert client.get("/api/jobs/mine", params={"q": "C2"}).json()["jobs"] == []
         assert client.get("/api/stats/mine").json()["counts"]["PARTIAL"] == 0
@@ -201,14 +215,27 @@ def test_another_users_job_is_out_of_reach(server, alice, bob, admin, sim):
     assert admin_api.get("/api/jobs/mine").json()["jobs"] == []  # "mine" is still the admin's own
 
     missing = str(uuid.uuid4())
-    for method, path in [("GET", ""), ("GET", "/customers"), ("POST", "/cancel"), ("POST", "/retry")]:
+    for method, path in JOB_PATHS:
         assert error(alice_api.http.request(method, f"/api/jobs/{missing}{path}"), 404)["code"] == "not_found"
-        for bad in ["abc", "1", "' OR 1=1 --", "x" * 5000, job_id + "0", job_id[:-1], "%00"]:
-            answer = alice_api.http.request(method, f"/api/jobs/{bad}{path}")
-            assert error(answer, 400)["details"] == {"field": "job_id"}, (method, bad)
     assert error(server.client().get(f"/api/jobs/{job_id}"), 401)
 
 
+JOB_PATHS = [("GET", ""), ("GET", "/customers"), ("POST", "/cancel"), ("POST", "/retry")]
+
+
+@pytest.mark.parametrize("malformed", [
+    lambda job_id: "abc", lambda job_id: "1", lambda job_id: "' OR 1=1 --", lambda job_id: "x" * 5000,
+    lambda job_id: job_id + "0", lambda job_id: job_id[:-1], lambda job_id: "%00",
+], ids=["abc", "1", "sql", "5000-chars", "one-too-many", "one-short", "percent-00"])
+def test_a_malformed_job_id_is_400_on_every_job_path(server, alice, sim, malformed):
+    api = server.client(alice)
+    bad = malformed(api.start(["C1"])["job_id"])  # some made from a real job's id
+    for method, path in JOB_PATHS:
+        answer = api.http.request(method, f"/api/jobs/{bad}{path}")
+        assert error(answer, 400)["details"] == {"field": "job_id"}, (method, bad)
+
+
+@pytest.mark.own_server  # the metrics count every user's jobs
 def test_ops_routes(server, alice, sim):
     anonymous = server.client()
     health = anonymous.get("/healthz")

@@ -12,6 +12,7 @@ pytestmark = pytest.mark.asyncio
 
 
 # -- alerts --------------------------------------------------------------------------------
+@pytest.mark.own_server  # a failing cluster's alert counts every user's failed batches in a row
 async def test_failed_and_partial_jobs_alert_their_owner_and_admins_only(server, alice, bob, admin, sim):
     alice_api = server.client(alice)
     a = await SioClient().connect(server.url, cookie=session_cookie(alice_api))
@@ -49,6 +50,7 @@ async def test_failed_and_partial_jobs_alert_their_owner_and_admins_only(server,
             await client.close()
 
 
+@pytest.mark.slow  # waits for a job to be stuck for a second
 async def test_stuck_jobs_and_failing_clusters_alert(make_server, sim):
     server = make_server(STUCK_AFTER="1", CLUSTER_ALERT_AFTER="3", BATCH_CONCURRENCY="1")
     alice = await asyncio.to_thread(server.create_user, "alice")

@@ -16,7 +16,7 @@ import pytest
 from realtime_client import session_cookie
 from support import IN_CI, ROOT, missing
 
-pytestmark = pytest.mark.asyncio
+pytestmark = [pytest.mark.asyncio, pytest.mark.slow]
 
 JS_DIR = ROOT / "tests" / "js"
 

@@ -12,7 +12,8 @@ import pytest
 
 from support import ROOT
 
-pytestmark = pytest.mark.asyncio
+# the listener runs as a subprocess, started and stopped several times; its alerts count every user's batches
+pytestmark = [pytest.mark.asyncio, pytest.mark.slow, pytest.mark.own_server]
 
 
 class ListenerProcess:

@@ -10,7 +10,7 @@ import pytest
 from realtime_client import SioClient, session_cookie
 from support import REDIS_URL, require_postgres, require_redis
 
-pytestmark = [pytest.mark.asyncio, pytest.mark.postgres, pytest.mark.redis]
+pytestmark = [pytest.mark.asyncio, pytest.mark.postgres, pytest.mark.redis, pytest.mark.slow]
 
 
 @pytest.fixture

@@ -12,6 +12,7 @@ pytestmark = pytest.mark.asyncio
 
 
 # -- replay --------------------------------------------------------------------------------
+@pytest.mark.slow  # a 3,000-customer job
 async def test_a_client_that_misses_events_gets_each_once_in_order_after_resume(make_server, sim):
     server = make_server(BATCH_CONCURRENCY="1")
     alice = await asyncio.to_thread(server.create_user, "alice")
@@ -94,7 +95,7 @@ async def test_resume_edges_resync_instead_of_guessing(server, alice, admin, sim
         monkeypatch.undo()
 
         # events past the retention window are gone: the client must refetch
-        await asyncio.to_thread(db_write, server, "DELETE FROM job_events WHERE event_id <= 2")
+        await asyncio.to_thread(db_write, server, f"DELETE FROM job_events WHERE event_id <= 2 AND user_id = {alice['id']}")
         assert (await client.call("resume", {"last_event_id": 1}))["reason"] == "events_expired"
         assert (await client.call("resume", {"last_event_id": 2}))["replayed"] == total - 2
 
@@ -108,6 +109,7 @@ async def test_resume_edges_resync_instead_of_guessing(server, alice, admin, sim
 
 
 # -- progress pacing -----------------------------------------------------------------------
+@pytest.mark.slow  # a 2,000-customer job, timed
 async def test_progress_is_paced_but_shown_at_least_every_half_second(make_server, sim):
     server = make_server(BATCH_SIZE="10", BATCH_CONCURRENCY="4")
     alice = await asyncio.to_thread(server.create_user, "alice")

@@ -9,7 +9,7 @@ import pytest
 from realtime_client import SioClient
 from support import Api, SubprocessServer, database_url, db_rows, free_port, users_with_tokens, write_clusters_file
 
-pytestmark = pytest.mark.asyncio
+pytestmark = [pytest.mark.asyncio, pytest.mark.slow]
 
 
 async def test_after_a_kill_and_restart_resuming_clients_get_every_event_once_in_order(backend, tmp_path, sim):

@@ -6,6 +6,7 @@ import asyncio
 import time
 
 import httpx
+import pytest
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
@@ -47,6 +48,7 @@ class AnswerLosingProxy:
         self.server.stop()
 
 
+@pytest.mark.slow
 def test_killed_server_finishes_the_job_after_a_restart(backend, tmp_path, sim):
     url, handle = database_url(backend, tmp_path)
     env = {

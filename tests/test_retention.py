@@ -46,6 +46,7 @@ def results(api, job_id: str) -> list[dict]:
     return api.get(f"/admin/jobs/{job_id}/results", params={"limit": 500}).json()["results"]
 
 
+@pytest.mark.slow  # a pass days later over a 25-customer job and a running one
 def test_old_events_and_customers_go_and_the_figures_stay(make_server, sim):
     server = make_server(RETENTION_DAYS=3, EVENT_RETENTION_DAYS=2, RETENTION_CHUNK=10, BATCH_SIZE=5,
                          BATCH_CONCURRENCY=1)

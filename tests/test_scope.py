@@ -11,7 +11,7 @@ import socketio
 
 from server.sim.cluster import app_status_for
 from support import api_error as error
-from support import finished_job
+from support import async_http_client, finished_job
 
 
 async def refreshing_stopped(sim) -> None:
@@ -65,6 +65,7 @@ def test_actions_are_filtered_to_the_job_over_every_page(server, alice, sim):
     assert answer["details"] == {"cluster": "sim", "page": 1, "http_status": 401}
 
 
+@pytest.mark.own_server  # the app-status cache is the cluster's, shared by every user
 def test_scope_paths_refuse_other_users_and_bad_ids(server, alice, bob, admin, sim):
     job = finished_job(server.client(alice), ["C1", "C2"])
     bob_api = server.client(bob)
@@ -85,6 +86,7 @@ def test_scope_paths_refuse_other_users_and_bad_ids(server, alice, bob, admin, s
 # -- app status -----------------------------------------------------------------------------------
 
 
+@pytest.mark.own_server
 def test_appstatus_answer_from_cluster_then_from_cache(server, alice, sim):
     sim.knobs(seed_customers=5)
     api = server.client(alice)
@@ -117,24 +119,26 @@ def test_appstatus_answer_from_cluster_then_from_cache(server, alice, sim):
     assert other_app["cache_misses"] == 3 and other_app["appstatus"]["C000001"]["app"] == "billing"
 
 
-BAD_PARAMETERS = [
+@pytest.mark.parametrize("params, field", [
     ({"ttl_seconds": "-1"}, "ttl_seconds"), ({"ttl_seconds": "0"}, "ttl_seconds"),
     ({"ttl_seconds": "604801"}, "ttl_seconds"), ({"ttl_seconds": "9" * 5000}, "ttl_seconds"),
     ({"ttl_seconds": "abc"}, "ttl_seconds"), ({"ttl_seconds": "1.5"}, "ttl_seconds"),
     ({"ttl_seconds": " 5"}, "ttl_seconds"), ({"ttl_seconds": "٣"}, "ttl_seconds"),
     ({"app": "A" * 65}, "app"), ({"app": "ALL;DROP"}, "app"), ({"app": "../x"}, "app"), ({"app": "é"}, "app"),
     ({"skip_cache": "maybe"}, "skip_cache"), ({"skip_cache": "2"}, "skip_cache"),
-]
-
-
-def test_appstatus_bad_parameters_and_the_documented_ones(server, alice, sim):
+])
+def test_appstatus_bad_parameters(server, alice, sim, params, field):
     api = server.client(alice)
     job = api.start(["C1"])
-    for params, field in BAD_PARAMETERS:
-        answer = error(api.get(f"/api/jobs/{job['job_id']}/appstatus", params=params), 400)
-        assert answer["code"] == "validation_error" and answer["details"] == {"field": field}, params
+    answer = error(api.get(f"/api/jobs/{job['job_id']}/appstatus", params=params), 400)
+    assert answer["code"] == "validation_error" and answer["details"] == {"field": field}, params
     assert sim.stats()["appstatus_batch_calls"] == 0
 
+
+@pytest.mark.own_server
+def test_appstatus_documented_parameters(server, alice, sim):
+    api = server.client(alice)
+    job = api.start(["C1"])
     params = {"app": "ALL", "ttl_seconds": "604800", "skip_cache": "false"}
     assert api.get(f"/api/jobs/{job['job_id']}/appstatus", params=params).json()["cache_misses"] == 1
     params = {"app": "web-1.x_y", "ttl_seconds": "1", "skip_cache": "true"}
@@ -168,7 +172,7 @@ class Socket:
 
 
 async def get(url: str, token: str, path: str, **params) -> httpx.Response:
-    async with httpx.AsyncClient(base_url=url, headers={"Authorization": f"Bearer {token}"}) as http:
+    async with async_http_client(base_url=url, headers={"Authorization": f"Bearer {token}"}) as http:
         return await http.get(path, params=params)
 
 
@@ -180,6 +184,7 @@ def watched(server, alice, bob, sim):
 
 
 @pytest.mark.asyncio
+@pytest.mark.own_server
 async def test_refresh_pushes_appstatus_update_to_the_jobs_room_only(server, watched, sim):
     job, alice_token, bob_token = watched
     async with Socket(server.url, alice_token) as watcher, Socket(server.url, bob_token) as intruder:
@@ -203,22 +208,45 @@ async def test_refresh_pushes_appstatus_update_to_the_jobs_room_only(server, wat
 
 
 @pytest.mark.asyncio
-async def test_watch_keeps_app_status_fresh_until_nobody_watches(server, watched, sim):
-    job, alice_token, bob_token = watched
+async def test_watch_refuses_other_users_jobs_and_unknown_ones(server, watched, sim):
+    job, _, bob_token = watched
     async with Socket(server.url, bob_token) as intruder:
         for data in [{"job_id": job["job_id"]}, {"job_id": job["job_id"], "app": "ALL"}]:
             assert (await intruder.call("watch-appstatus", data))["error"]["status"] == 403
             assert (await intruder.call("unwatch-appstatus", data))["error"]["status"] == 403
         assert (await intruder.call("watch-appstatus", {"job_id": str(uuid.uuid4())}))["error"]["status"] == 404
-        for bad in [None, "x", {"job_id": 5}, {"job_id": "nope"}, {"job_id": "9" * 70}, [job["job_id"]]]:
-            assert (await intruder.call("watch-appstatus", bad))["error"]["status"] == 400
-    async with Socket(server.url, alice_token) as watcher:
-        for bad in [{"app": "A" * 65}, {"ttl_seconds": -1}, {"ttl_seconds": 0}, {"ttl_seconds": 2 ** 62},
-                    {"ttl_seconds": 1.5}, {"ttl_seconds": True}, {"app": ["ALL"]}]:
-            answer = await watcher.call("watch-appstatus", {"job_id": job["job_id"], **bad})
-            assert answer["error"]["code"] == "validation_error", bad
-        assert sim.stats()["appstatus_batch_calls"] == 0
+    assert sim.stats()["appstatus_batch_calls"] == 0
 
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("payload", [
+    lambda job_id: None, lambda job_id: "x", lambda job_id: {"job_id": 5}, lambda job_id: {"job_id": "nope"},
+    lambda job_id: {"job_id": "9" * 70}, lambda job_id: [job_id],
+], ids=["none", "a-string", "a-number", "not-a-uuid", "too-long", "in-a-list"])
+async def test_watch_refuses_a_malformed_request(server, watched, sim, payload):
+    job, _, bob_token = watched
+    async with Socket(server.url, bob_token) as intruder:
+        assert (await intruder.call("watch-appstatus", payload(job["job_id"])))["error"]["status"] == 400
+    assert sim.stats()["appstatus_batch_calls"] == 0
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("bad", [{"app": "A" * 65}, {"ttl_seconds": -1}, {"ttl_seconds": 0}, {"ttl_seconds": 2 ** 62},
+                                 {"ttl_seconds": 1.5}, {"ttl_seconds": True}, {"app": ["ALL"]}])
+async def test_watch_refuses_bad_options_of_ones_own_job(server, watched, sim, bad):
+    job, alice_token, _ = watched
+    async with Socket(server.url, alice_token) as watcher:
+        answer = await watcher.call("watch-appstatus", {"job_id": job["job_id"], **bad})
+        assert answer["error"]["code"] == "validation_error", bad
+    assert sim.stats()["appstatus_batch_calls"] == 0
+
+
+@pytest.mark.asyncio
+@pytest.mark.own_server
+@pytest.mark.slow  # waits for refreshes to come, then for them to stop, three times
+async def test_watch_keeps_app_status_fresh_until_nobody_watches(server, watched, sim):
+    job, alice_token, bob_token = watched
+    async with Socket(server.url, alice_token) as watcher:
         answer = await watcher.call("watch-appstatus", {"job_id": job["job_id"], "ttl_seconds": 1})
         assert answer == {"ok": True, "job_id": job["job_id"], "app": "ALL", "ttl_seconds": 1}
         first = await watcher.next_event()  # the watch loads what is missing at once

@@ -5,8 +5,10 @@ from __future__ import annotations
 import threading
 
 import httpx
+import pytest
 
 from support import api_error as error
+from support import http_client
 
 
 def body(cids, action="PE-Enable", cluster="sim", **extra) -> dict:
@@ -51,52 +53,77 @@ def test_json_and_typed_cids(server, alice, sim):
     assert sim.stats()["customers_applied"] >= 6
 
 
-def test_action_aliases_and_unknown_actions(server, alice, sim):
+@pytest.mark.parametrize("given, name, code", [
+    ("tran-begin", "Trans-Begin", 1), ("TRANS-BEGIN", "Trans-Begin", 1), ("Trans-Begin", "Trans-Begin", 1),
+    (" pe-finalize ", "PE-Finalize", 4), ("t-ENABLE", "T-Enable", 3), ("PE-Direct", "PE-Direct", 5),
+    (2, "PE-Enable", 2),
+])
+def test_action_aliases(server, alice, sim, given, name, code):
     api = server.client(alice)
-    for given, name, code in [("tran-begin", "Trans-Begin", 1), ("TRANS-BEGIN", "Trans-Begin", 1),
-                              ("Trans-Begin", "Trans-Begin", 1), (" pe-finalize ", "PE-Finalize", 4),
-                              ("t-ENABLE", "T-Enable", 3), ("PE-Direct", "PE-Direct", 5), (2, "PE-Enable", 2)]:
-        job = api.start(["C1"], action=given)
-        assert (job["action_name"], job["action_code"]) == (name, code), given
-    for bad in ["Trans Begin", "trans_begin", "", "DROP TABLE jobs", None, 9, True, ["PE-Enable"], "x" * 500]:
-        answer = error(api.post("/api/set-actions", json=body(["C1"], action=bad)), 400)
-        assert answer["code"] == "unknown_action"
-        assert answer["details"]["valid_actions"] == ["Trans-Begin", "PE-Enable", "T-Enable", "PE-Finalize",
-                                                      "PE-Direct"]
-        assert "Valid actions: Trans-Begin, PE-Enable, T-Enable, PE-Finalize, PE-Direct" in answer["message"]
-        assert "x" * 100 not in answer["message"]
-    missing = {"cluster": "sim", "cids": ["C1"]}
-    assert error(api.post("/api/set-actions", json=missing), 400)["code"] == "unknown_action"
-    # nothing was stored for the refused requests
-    assert len(api.get("/api/jobs/mine").json()["jobs"]) == 7
+    job = api.start(["C1"], action=given)
+    assert (job["action_name"], job["action_code"]) == (name, code), given
+    assert [j["job_id"] for j in api.get("/api/jobs/mine").json()["jobs"]] == [job["job_id"]]
 
 
-def test_unknown_cluster_and_bad_cids(server, alice):
+@pytest.mark.parametrize("bad", ["Trans Begin", "trans_begin", "", "DROP TABLE jobs", None, 9, True, ["PE-Enable"],
+                                 "x" * 500])
+def test_unknown_actions_are_refused_listing_the_valid_ones(server, alice, bad):
     api = server.client(alice)
-    for cluster in ["prod", "", None, 7, "../sim", "http://127.0.0.1:1/", "SIM"]:
-        answer = error(api.post("/api/set-actions", json=body(["C1"], cluster=cluster)), 400)
-        assert answer["code"] == "unknown_cluster"
-        assert answer["details"] == {"valid_clusters": ["sim", "sim2"]}
-        assert "Known clusters: sim, sim2" in answer["message"]
-    bad_cids = [
-        (["C1", "bad cid"], "'bad cid'"), (["C1", "-C2"], "'-C2'"), (["C" * 65], None), ([""], "''"),
-        (["C1", 5], "'5'"), ([None], "'None'"), (["C1", "C2<script>"], "C2<script>"), (["é1"], "'é1'"),
-    ]
-    for cids, shown in bad_cids:
-        answer = error(api.post("/api/set-actions", json=body(cids)), 400)
-        assert answer["code"] == "validation_error" and answer["details"]["field"] == "cids", cids
-        assert "invalid customer ID" in answer["message"]
-        if shown:
-            assert shown in answer["message"], answer["message"]
+    answer = error(api.post("/api/set-actions", json=body(["C1"], action=bad)), 400)
+    assert answer["code"] == "unknown_action"
+    assert answer["details"]["valid_actions"] == ["Trans-Begin", "PE-Enable", "T-Enable", "PE-Finalize", "PE-Direct"]
+    assert "Valid actions: Trans-Begin, PE-Enable, T-Enable, PE-Finalize, PE-Direct" in answer["message"]
+    assert "x" * 100 not in answer["message"]
+    # nothing was stored for the refused request
+    assert api.get("/api/jobs/mine").json()["jobs"] == []
+
+
+def test_a_set_action_without_an_action_is_refused(server, alice):
+    api = server.client(alice)
+    assert error(api.post("/api/set-actions", json={"cluster": "sim", "cids": ["C1"]}), 400)["code"] == "unknown_action"
+    assert api.get("/api/jobs/mine").json()["jobs"] == []
+
+
+@pytest.mark.parametrize("cluster", ["prod", "", None, 7, "../sim", "http://127.0.0.1:1/", "SIM"])
+def test_unknown_clusters_are_refused_listing_the_known_ones(server, alice, cluster):
+    api = server.client(alice)
+    answer = error(api.post("/api/set-actions", json=body(["C1"], cluster=cluster)), 400)
+    assert answer["code"] == "unknown_cluster"
+    assert answer["details"] == {"valid_clusters": ["sim", "sim2"]}
+    assert "Known clusters: sim, sim2" in answer["message"]
+    assert api.get("/api/jobs/mine").json()["jobs"] == []
+
+
+@pytest.mark.parametrize("cids, shown", [
+    (["C1", "bad cid"], "'bad cid'"), (["C1", "-C2"], "'-C2'"), (["C" * 65], None), ([""], "''"),
+    (["C1", 5], "'5'"), ([None], "'None'"), (["C1", "C2<script>"], "C2<script>"), (["é1"], "'é1'"),
+])
+def test_an_invalid_cid_is_refused_and_shown(server, alice, cids, shown):
+    api = server.client(alice)
+    answer = error(api.post("/api/set-actions", json=body(cids)), 400)
+    assert answer["code"] == "validation_error" and answer["details"]["field"] == "cids", cids
+    assert "invalid customer ID" in answer["message"]
+    if shown:
+        assert shown in answer["message"], answer["message"]
+    assert api.get("/api/jobs/mine").json()["jobs"] == []
+
+
+@pytest.mark.parametrize("token", [5, "has space", "x" * 5000, "tok\n"])
+def test_a_malformed_upstream_token_is_refused(server, alice, token):
+    api = server.client(alice)
+    assert error(api.post("/api/set-actions", json=body(["C1"], upstream_token=token)),
+                 400)["details"] == {"field": "upstream_token"}
+    assert api.get("/api/jobs/mine").json()["jobs"] == []
+
+
+def test_missing_or_wrong_kinds_of_cids(server, alice):
+    api = server.client(alice)
     assert error(api.post("/api/set-actions", json=body([])), 400)["message"] == "No customer IDs given"
     assert error(api.post("/api/set-actions", json=body("  ,, \n")), 400)["message"] == "No customer IDs given"
     assert error(api.post("/api/set-actions", json=body({"C1": 1})), 400)["details"] == {"field": "cids"}
     assert error(api.post("/api/set-actions", json=body(12)), 400)["details"] == {"field": "cids"}
     assert error(api.post("/api/set-actions", json={"cluster": "sim", "action": "PE-Enable"}),
                  400)["details"] == {"field": "cids"}
-    for token in [5, "has space", "x" * 5000, "tok\n"]:
-        assert error(api.post("/api/set-actions", json=body(["C1"], upstream_token=token)),
-                     400)["details"] == {"field": "upstream_token"}
     assert api.get("/api/jobs/mine").json()["jobs"] == []
 
 
@@ -159,9 +186,6 @@ def test_csv_upload(server, alice, sim):
     headless = upload(api, b"C7,ignored\nC8\nC9,,\n").json()["job"]
     assert customers(api, headless["job_id"]) == ["C7", "C8", "C9"]
     assert headless["batch_id"] != job["batch_id"]
-    for header in ("CID", "cid", "customer id", "Customer", "Account", "account_id", "ID"):
-        answer = upload(api, f"{header}\nC3\n".encode()).json()["job"]
-        assert customers(api, answer["job_id"]) == ["C3"], header
     # typed CIDs in a multipart form (no file)
     typed = api.post("/api/set-actions", data={"cluster": "sim", "action": "pe-enable", "cids": "C4 C5"})
     assert customers(api, typed.json()["job"]["job_id"]) == ["C4", "C5"]
@@ -174,6 +198,13 @@ def test_csv_upload(server, alice, sim):
     assert error(upload(api, b"C1", action="nope"), 400)["code"] == "unknown_action"
     assert error(upload(api, b"C1", cluster="nope"), 400)["code"] == "unknown_cluster"
     api.wait_for(job["job_id"])
+
+
+@pytest.mark.parametrize("header", ["CID", "cid", "customer id", "Customer", "Account", "account_id", "ID"])
+def test_csv_cid_column_headers(server, alice, sim, header):
+    api = server.client(alice)
+    answer = upload(api, f"{header}\nC3\n".encode()).json()["job"]
+    assert customers(api, answer["job_id"]) == ["C3"], header
 
 
 def test_idempotency_key(server, alice, bob, sim):
@@ -196,15 +227,20 @@ def test_idempotency_key(server, alice, bob, sim):
     bob_job = bob_api.start(["C1"], headers={"Idempotency-Key": "order-42"})
     assert bob_job["job_id"] != job["job_id"]
     bob_api.wait_for(bob_job["job_id"])
-    for bad in ["x" * 201, "tab\tkey", "clé"]:
-        assert error(api.post("/api/set-actions", json=body(["C1"]), headers={"Idempotency-Key": bad.encode()}),
-                     400)["details"] == {"field": "Idempotency-Key"}
-    assert error(api.post("/api/set-actions", json=body(["C1"]), headers={"Idempotency-Key": ""}), 400)
     assert len(api.get("/api/jobs/mine").json()["jobs"]) == 2
     done = api.wait_for(job["job_id"])
     assert done["status"] == "SUCCESS"
     api.wait_for(csv_first["job_id"])
     assert sim.stats()["customers_applied"] == 4  # alice's C1, C2, C5 and bob's C1, each once
+
+
+@pytest.mark.parametrize("key", ["x" * 201, "tab\tkey", "clé", ""])
+def test_a_malformed_idempotency_key_is_refused(server, alice, key):
+    api = server.client(alice)
+    answer = error(api.post("/api/set-actions", json=body(["C1"]), headers={"Idempotency-Key": key.encode()}), 400)
+    if key:
+        assert answer["details"] == {"field": "Idempotency-Key"}
+    assert api.get("/api/jobs/mine").json()["jobs"] == []
 
 
 def test_concurrent_requests_with_one_key_make_one_job(server, alice, sim):
@@ -213,7 +249,7 @@ def test_concurrent_requests_with_one_key_make_one_job(server, alice, sim):
     answers: list[httpx.Response] = []
 
     def post() -> None:
-        with httpx.Client(base_url=server.url, timeout=30,
+        with http_client(base_url=server.url, timeout=30,
                           headers={"Authorization": f"Bearer {token}", "Idempotency-Key": "same"}) as http:
             barrier.wait()
             answers.append(http.post("/api/set-actions", json=body([f"C{i}" for i in range(300)])))

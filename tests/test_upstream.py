@@ -94,32 +94,42 @@ async def test_set_action_against_the_simulator(sim):
         await client.aclose()
 
 
+async def failure_of(client: TmsClient, sim, **knobs) -> UpstreamError:
+    """The error of a Set Action on the simulator with these knobs (then set back)."""
+    sim.knobs(**knobs)
+    with pytest.raises(UpstreamError) as caught:
+        await client.set_action(Cluster("sim", "Simulated", sim.url), "PE-Enable", 2, ["C1"],
+                                request_id=f"r{time.monotonic()}")
+    sim.knobs(set_action_status=None, set_action_error=None, malformed=False, hang_seconds=0)
+    return caught.value
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("status", [401, 429, 500, 503])
+async def test_an_http_error_status_becomes_an_upstream_error(sim, status):
+    client = TmsClient(timeout=0.5)
+    try:
+        error = await failure_of(client, sim, set_action_status=status)
+        assert (error.http_status, error.kind) == (status, "http")
+        assert error.message.startswith(f"HTTP {status} from cluster 'sim': ")
+        assert error.message.endswith(f"(simulated HTTP {status})")
+    finally:
+        await client.aclose()
+
+
 @pytest.mark.asyncio
 async def test_every_failure_becomes_an_upstream_error(sim):
     client = TmsClient(timeout=0.5)
-    cluster = Cluster("sim", "Simulated", sim.url)
-
-    async def failure(**knobs) -> UpstreamError:
-        sim.knobs(**knobs)
-        with pytest.raises(UpstreamError) as caught:
-            await client.set_action(cluster, "PE-Enable", 2, ["C1"], request_id=f"r{time.monotonic()}")
-        sim.knobs(set_action_status=None, set_action_error=None, malformed=False, hang_seconds=0)
-        return caught.value
-
+    started = None
     try:
-        for status, kind in [(401, "http"), (429, "http"), (500, "http"), (503, "http")]:
-            error = await failure(set_action_status=status)
-            assert (error.http_status, error.kind) == (status, kind)
-            assert error.message.startswith(f"HTTP {status} from cluster 'sim': ")
-            assert error.message.endswith(f"(simulated HTTP {status})")
-        error = await failure(set_action_error="locked by another operator")
+        error = await failure_of(client, sim, set_action_error="locked by another operator")
         assert (error.http_status, error.kind) == (200, "rejected")
         assert error.message == "Cluster 'sim' refused the Set Action: locked by another operator"
-        error = await failure(malformed=True)
+        error = await failure_of(client, sim, malformed=True)
         assert (error.http_status, error.kind, error.message) == (
             502, "malformed", "Cluster 'sim' answered with malformed JSON")
         started = time.monotonic()
-        error = await failure(hang_seconds=1.0)
+        error = await failure_of(client, sim, hang_seconds=1.0)
         assert time.monotonic() - started < 0.9
         assert (error.http_status, error.kind) == (408, "timeout")
         assert "UpstreamError('timeout', 408" in repr(error)
@@ -132,7 +142,8 @@ async def test_every_failure_becomes_an_upstream_error(sim):
                                         "the host is unreachable")
     finally:
         await client.aclose()
-        await asyncio.sleep(1.0)  # let the simulator finish the hung call before its next reset
+        if started is not None:  # let the simulator finish the hung call (1 s) before its next reset
+            await asyncio.sleep(max(0.0, started + 1.2 - time.monotonic()))
 
 
 @pytest.mark.asyncio

@@ -406,8 +406,10 @@ def measure(url: str, total: int, workdir: Path, requests: int) -> list[tuple[st
 
 
 def main(argv: list[str] | None = None) -> int:
+    from support import BACKEND_NAMES
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--backend", choices=["sqlite", "postgres", "both"], default="both")
+    parser.add_argument("--backend", choices=[*BACKEND_NAMES, "both"], default="both")
     parser.add_argument("--jobs", type=int, default=1_000_000)
     parser.add_argument("--requests", type=int, default=300, help="timed requests per scenario")
     parser.add_argument("--workdir", default="/tmp/jobmon-admin-bench")
@@ -417,7 +419,7 @@ def main(argv: list[str] | None = None) -> int:
     workdir = Path(args.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     failed = False
-    for backend in (["sqlite", "postgres"] if args.backend == "both" else [args.backend]):
+    for backend in (BACKEND_NAMES if args.backend == "both" else [args.backend]):
         print(f"{backend}: {args.jobs:,} jobs", flush=True)
         url = ""
         if args.reuse:

@@ -32,7 +32,8 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
-from support import PostgresDatabase, SubprocessServer, free_port, users_with_tokens, write_clusters_file  # noqa: E402
+from support import (BACKEND_NAMES, PostgresDatabase, SubprocessServer, free_port, users_with_tokens,  # noqa: E402
+                     write_clusters_file)
 
 SECRET = "bench-secret-key-0123456789abcdef"
 
@@ -152,7 +153,7 @@ def report(result: dict, latency_ms: float) -> bool:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--backend", choices=["sqlite", "postgres", "both"], default="both")
+    parser.add_argument("--backend", choices=[*BACKEND_NAMES, "both"], default="both")
     parser.add_argument("--customers", type=int, default=10_000)
     parser.add_argument("--batch-size", type=int, default=500)
     parser.add_argument("--concurrency", type=int, default=8)
@@ -160,7 +161,7 @@ def main() -> int:
     parser.add_argument("--warm", type=int, default=200)
     parser.add_argument("--cold", type=int, default=5)
     args = parser.parse_args()
-    backends = ["sqlite", "postgres"] if args.backend == "both" else [args.backend]
+    backends = BACKEND_NAMES if args.backend == "both" else [args.backend]
     ok = True
     for backend in backends:
         result = run(backend, args.customers, args.batch_size, args.concurrency, args.latency_ms,

@@ -35,7 +35,8 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
-from support import PostgresDatabase, SubprocessServer, free_port, users_with_tokens, write_clusters_file  # noqa: E402
+from support import (BACKEND_NAMES, PostgresDatabase, SubprocessServer, free_port, users_with_tokens,  # noqa: E402
+                     write_clusters_file)
 
 SECRET = "bench-secret-key-0123456789abcdef"
 FINAL = ("SUCCESS", "PARTIAL", "FAILED", "CANCELLED")
@@ -204,13 +205,13 @@ def report(result: dict) -> bool:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--backend", choices=["sqlite", "postgres", "both"], default="both")
+    parser.add_argument("--backend", choices=[*BACKEND_NAMES, "both"], default="both")
     parser.add_argument("--customers", type=int, default=10_000)
     parser.add_argument("--jobs", type=int, default=100_000)
     parser.add_argument("--requests", type=int, default=1000)
     args = parser.parse_args()
     ok = True
-    for backend in ["sqlite", "postgres"] if args.backend == "both" else [args.backend]:
+    for backend in BACKEND_NAMES if args.backend == "both" else [args.backend]:
         ok = report(run(backend, args.customers, args.jobs, args.requests)) and ok
     return 0 if ok else 1
 

@@ -304,7 +304,9 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=15.0, help="measurement window")
     parser.add_argument("--latency-ms", type=float, default=1000.0, help="the cluster's answer time per batch")
     parser.add_argument("--client-procs", type=int, default=3)
-    parser.add_argument("--backend", choices=["sqlite", "postgres"], default="sqlite",
+    from support import BACKEND_NAMES
+
+    parser.add_argument("--backend", choices=BACKEND_NAMES, default="sqlite",
                         help="a fresh SQLite file, or a fresh database on the local PostgreSQL")
     args = parser.parse_args()
     print(f"machine: {os.cpu_count()} CPUs; {args.jobs} jobs progressing, {args.users} users, "
