@@ -27,17 +27,18 @@ TOKEN_PREFIX = "jm_"
 
 
 class Scope(enum.IntEnum):
-    """What a credential may do; each level includes the ones below."""
+    """What a credential may do; each level includes the ones below. Stored by name."""
 
-    READ = 1  # wallboards and alert listeners
-    WRITE = 2  # start, cancel and retry Set Actions
-    ADMIN = 3  # everything, every user's jobs (admins only)
+    READ = 10  # wallboards and alert listeners
+    AGENT = 15  # CI/CD agents: report pipeline jobs and deployments (and read); no Set Actions
+    WRITE = 20  # start, cancel and retry Set Actions
+    ADMIN = 30  # everything, every user's jobs (admins only)
 
     @classmethod
     def parse(cls, raw: object) -> "Scope":
         if isinstance(raw, str) and raw.upper() in cls.__members__:
             return cls[raw.upper()]
-        raise BadRequest("'scope' must be one of read, write, admin", code="validation_error",
+        raise BadRequest("'scope' must be one of read, agent, write, admin", code="validation_error",
                          details={"field": "scope"})
 
 

@@ -137,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     user.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
     token = commands.add_parser("create-token", help="create an API token and print it once")
     token.add_argument("user")
-    token.add_argument("--scope", choices=["read", "write", "admin"], required=True)
+    token.add_argument("--scope", choices=["read", "agent", "write", "admin"], required=True)
     token.add_argument("--name", default="cli")
     listen = commands.add_parser("listen", help="print job alerts (and events) as JSON lines")
     listen.add_argument("--url", required=True)

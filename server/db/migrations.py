@@ -7,6 +7,7 @@ directly from `metadata`, an older one is brought up step by step from MIGRATION
 from __future__ import annotations
 
 import logging
+from typing import Awaitable, Callable, Union
 
 import sqlalchemy as sa
 from sqlalchemy.schema import CreateIndex, CreateTable
@@ -16,11 +17,31 @@ from server.db.schema import metadata, schema_version
 
 logger = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
-# Steps that bring a database at version N-1 to version N; a fresh database is created at
-# SCHEMA_VERSION directly from `metadata`. Add a step (and bump SCHEMA_VERSION) for each change.
-MIGRATIONS: dict[int, list[str]] = {}
+Step = Union[str, Callable[[Db], Awaitable[None]]]
+
+
+def _create_tables(*names: str) -> Callable[[Db], Awaitable[None]]:
+    """A step that creates these tables of `metadata`, with their indexes, in the db's dialect."""
+
+    async def step(db: Db) -> None:
+        await _create_all(db, [metadata.tables[name] for name in names])
+
+    step.__name__ = f"create {', '.join(names)}"
+    return step
+
+
+# Steps that bring a database at version N-1 to version N: SQL both dialects accept, or a
+# function of the db. A fresh database is created at SCHEMA_VERSION directly from `metadata`.
+# Add a step (and bump SCHEMA_VERSION) for each change.
+MIGRATIONS: dict[int, list[Step]] = {
+    # pipeline jobs and deployments; job events name their topic
+    2: [
+        "ALTER TABLE job_events ADD COLUMN topic VARCHAR(16) DEFAULT 'job' NOT NULL",
+        _create_tables("pipeline_jobs", "deployments"),
+    ],
+}
 
 
 def _dialect(db: Db):
@@ -33,9 +54,9 @@ def _dialect(db: Db):
     return postgresql.dialect()
 
 
-async def _create_all(db: Db) -> None:
+async def _create_all(db: Db, tables=None) -> None:
     dialect = _dialect(db)
-    for table in metadata.sorted_tables:
+    for table in tables if tables is not None else metadata.sorted_tables:
         await db.execute(str(CreateTable(table, if_not_exists=True).compile(dialect=dialect)))
         for index in table.indexes:
             await db.execute(str(CreateIndex(index, if_not_exists=True).compile(dialect=dialect)))
@@ -62,8 +83,8 @@ async def migrate(db: Db) -> int:
                 "upgrade the server"
             )
         for version in range(found + 1, SCHEMA_VERSION + 1):
-            for statement in MIGRATIONS[version]:
-                await db.execute(statement)
+            for step in MIGRATIONS[version]:
+                await (db.execute(step) if isinstance(step, str) else step(db))
             logger.info("upgraded database schema to version %s", version)
         if found < SCHEMA_VERSION:
             await db.execute(

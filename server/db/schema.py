@@ -12,6 +12,7 @@ Who reads and writes each table (nothing else sends SQL to it):
 - job_counts, daily_stats, duration_histogram: written by jobs.store in each change's
   transaction, read by stats (counts, live, aggregates; aggregates' verify recounts them from jobs)
 - job_alerts: realtime.alerts; retention_state: jobs.retention; schema_version: db.migrations
+- pipeline_jobs, deployments: pipelines.store (schema v2)
 - appstatus_cache, appstatus_claims, appstatus_generations, cache_counters: appstatus.cache
   (which reads a job's CIDs from job_customers inside its own lookup query, in one round trip)
 """
@@ -141,6 +142,9 @@ job_events = sa.Table(
     sa.Column("user_id", sa.Integer, nullable=False),
     # increases per user in commit order: see jobs.JobStore._next_event_ids
     sa.Column("event_id", sa.BigInteger, nullable=False),
+    # what the event is about: "job" (a Set Action: job-update), "pipeline" (pipeline-update) or
+    # "deployment" (deployment-update); all share the user's event id sequence (schema v2)
+    sa.Column("topic", sa.String(16), nullable=False, server_default="job"),
     sa.Column("job_id", sa.String(36), nullable=False),
     sa.Column("kind", sa.String(16), nullable=False),
     sa.Column("payload", sa.Text, nullable=False),
@@ -291,4 +295,84 @@ appstatus_generations = sa.Table(
     sa.Column("cluster", sa.String(64), primary_key=True),
     sa.Column("app", sa.String(64), primary_key=True),
     sa.Column("generation", sa.BigInteger, nullable=False),
+)
+
+
+# Pipeline jobs reported by CI/CD agents (schema v2). Lists are keyset pages newest first, per
+# user or for admins, optionally by status, agent or repo: each has its index.
+pipeline_jobs = sa.Table(
+    "pipeline_jobs",
+    metadata,
+    sa.Column("job_id", sa.String(36), primary_key=True),
+    sa.Column("user_id", sa.Integer, sa.ForeignKey("users.id"), nullable=False),
+    sa.Column("job_type", sa.String(32), nullable=False),
+    sa.Column("repo", sa.String(200), nullable=False),
+    sa.Column("ref", sa.String(200), nullable=True),
+    sa.Column("commit_sha", sa.String(64), nullable=True),
+    sa.Column("commit_message", sa.Text, nullable=True),
+    sa.Column("commit_author", sa.String(200), nullable=True),
+    sa.Column("agent_id", sa.String(100), nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("tags", sa.Text, nullable=False),  # JSON list of strings
+    sa.Column("metadata", sa.Text, nullable=False),  # JSON object
+    sa.Column("exit_code", sa.Integer, nullable=True),
+    sa.Column("duration_seconds", sa.Float, nullable=True),
+    sa.Column("logs_url", sa.String(2000), nullable=True),
+    sa.Column("error_message", sa.Text, nullable=True),
+    sa.Column("created_at", sa.BigInteger, nullable=False),
+    sa.Column("started_at", sa.BigInteger, nullable=True),
+    sa.Column("updated_at", sa.BigInteger, nullable=False),
+    sa.Column("finished_at", sa.BigInteger, nullable=True),
+    sa.Column("heartbeat_at", sa.BigInteger, nullable=True),
+    sa.Column("idempotency_key", sa.String(200), nullable=True),
+    sa.Index("ix_pipeline_jobs_user_created", "user_id", "created_at", "job_id"),
+    sa.Index("ix_pipeline_jobs_user_status_created", "user_id", "status", "created_at", "job_id"),
+    sa.Index("ix_pipeline_jobs_user_agent_created", "user_id", "agent_id", "created_at", "job_id"),
+    sa.Index("ix_pipeline_jobs_user_repo_created", "user_id", "repo", "created_at", "job_id"),
+    sa.Index("ix_pipeline_jobs_created", "created_at", "job_id"),
+    sa.Index("ix_pipeline_jobs_status_created", "status", "created_at", "job_id"),
+    sa.Index("ix_pipeline_jobs_agent_created", "agent_id", "created_at", "job_id"),
+    sa.Index("ix_pipeline_jobs_repo_created", "repo", "created_at", "job_id"),
+    # the timeout sweep: running jobs by their last sign of life
+    sa.Index("ix_pipeline_jobs_status_heartbeat", "status", "heartbeat_at"),
+    sa.Index("ix_pipeline_jobs_user_idempotency", "user_id", "idempotency_key", unique=True),
+)
+
+# Deployments of a service version through staging and production (schema v2).
+deployments = sa.Table(
+    "deployments",
+    metadata,
+    sa.Column("id", sa.String(36), primary_key=True),
+    sa.Column("user_id", sa.Integer, sa.ForeignKey("users.id"), nullable=False),
+    sa.Column("service_name", sa.String(100), nullable=False),
+    sa.Column("version", sa.String(100), nullable=False),
+    sa.Column("commit_sha", sa.String(64), nullable=True),
+    sa.Column("commit_message", sa.Text, nullable=True),
+    sa.Column("commit_author", sa.String(200), nullable=True),
+    sa.Column("build_job_id", sa.String(36), nullable=True),
+    sa.Column("test_job_id", sa.String(36), nullable=True),
+    sa.Column("cluster", sa.String(64), nullable=True),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("staging_job_id", sa.String(36), nullable=True),
+    sa.Column("staged_at", sa.BigInteger, nullable=True),
+    sa.Column("production_job_id", sa.String(36), nullable=True),
+    sa.Column("live_at", sa.BigInteger, nullable=True),
+    sa.Column("rolled_back_at", sa.BigInteger, nullable=True),
+    sa.Column("rolled_back_to", sa.String(100), nullable=True),
+    sa.Column("rollback_reason", sa.Text, nullable=True),
+    sa.Column("error_rate", sa.Float, nullable=True),
+    sa.Column("latency_ms", sa.Float, nullable=True),
+    sa.Column("requests_per_sec", sa.Float, nullable=True),
+    sa.Column("metrics_at", sa.BigInteger, nullable=True),
+    sa.Column("regression_checked", sa.Boolean, nullable=False, default=False),
+    sa.Column("created_at", sa.BigInteger, nullable=False),
+    sa.Column("updated_at", sa.BigInteger, nullable=False),
+    sa.Column("idempotency_key", sa.String(200), nullable=True),
+    sa.Index("ix_deployments_user_created", "user_id", "created_at", "id"),
+    sa.Index("ix_deployments_user_service_created", "user_id", "service_name", "created_at", "id"),
+    sa.Index("ix_deployments_created", "created_at", "id"),
+    sa.Index("ix_deployments_service_created", "service_name", "created_at", "id"),
+    # the regression check: live deployments on a cluster not yet checked
+    sa.Index("ix_deployments_status_live", "status", "live_at"),
+    sa.Index("ix_deployments_user_idempotency", "user_id", "idempotency_key", unique=True),
 )

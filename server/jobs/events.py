@@ -1,7 +1,8 @@
-"""Reading the job event log: what `resume` replays and what a node's fan-out fills gaps from.
+"""The event log: what `resume` replays and what a node's fan-out fills gaps from.
 
-`JobStore` appends the events (in the same transaction as the change they describe, with ids
-that increase per user in commit order); this reads them back.
+The stores append events (in the same transaction as the change they describe, with ids that
+increase per user in commit order, over every topic); this reads them back. A topic names the
+Socket.IO event a client gets and the key its record travels under.
 """
 
 from __future__ import annotations
@@ -11,7 +12,49 @@ import sqlalchemy as sa
 
 from server.db import Db
 from server.db import schema as tables
-from server.timeutil import iso
+from server.timeutil import iso, now_ms
+
+
+# topic -> (Socket.IO event, key of the record in its payload)
+TOPICS = {
+    "job": ("job-update", "job"),  # a Set Action job
+    "pipeline": ("pipeline-update", "job"),  # a pipeline job reported by a CI/CD agent
+    "deployment": ("deployment-update", "deployment"),
+}
+
+
+def client_event(topic: str, event_id: int, kind: str, record: dict, at: str | None) -> tuple[str, dict]:
+    """(Socket.IO event name, payload) of one logged event, as clients get it live or replayed."""
+    name, key = TOPICS[topic]
+    return name, {"event_id": event_id, "kind": kind, key: record, "at": at}
+
+
+async def append_events(db: Db, user_id: int, topic: str, record_id: str, record: dict, kinds: list[str],
+                        now: int) -> list[dict]:
+    """Write events about one record, inside the caller's transaction; ids come from the user's
+    counter row. Returns them as they go on the fan-out bus.
+
+    The counter's row lock is held until commit, so on PostgreSQL a concurrent writer for the
+    same user waits, and a larger id can never commit before a smaller one.
+    """
+    (last,), = await db.raw_fetch(
+        "INSERT INTO event_counters (user_id, last_event_id) VALUES (:u, :n) "
+        "ON CONFLICT (user_id) DO UPDATE SET last_event_id = event_counters.last_event_id + :n "
+        "RETURNING last_event_id",
+        {"u": user_id, "n": len(kinds)},
+    )
+    first = last - len(kinds) + 1
+    # stamped after the counter lock is held, just before commit: clients measure delivery from it
+    at = max(now, now_ms())
+    events = [{"event_id": first + i, "topic": topic, "kind": kind, "job": record, "user_id": user_id, "at": at}
+              for i, kind in enumerate(kinds)]
+    payload = orjson.dumps(record).decode()
+    await db.raw_executemany(
+        "INSERT INTO job_events (user_id, event_id, topic, job_id, kind, payload, created_at) "
+        "VALUES (:u, :e, :t, :j, :k, :p, :at)",
+        [{"u": user_id, "e": e["event_id"], "t": topic, "j": record_id, "k": e["kind"], "p": payload, "at": at}
+         for e in events])
+    return events
 
 
 class JobEventLog:
@@ -23,14 +66,13 @@ class JobEventLog:
     def __repr__(self) -> str:
         return f"JobEventLog({self.db!r})"
 
-    async def read(self, user_id: int, after: int, limit: int) -> list[dict]:
-        """The user's events with ids above `after`, oldest first, as job-update payloads."""
+    async def read(self, user_id: int, after: int, limit: int) -> list[tuple[str, dict]]:
+        """The user's events with ids above `after`, oldest first, as (event name, payload)."""
         e = tables.job_events
         rows = await self.db.fetch_all(
-            sa.select(e.c.event_id, e.c.kind, e.c.payload, e.c.created_at)
+            sa.select(e.c.event_id, e.c.topic, e.c.kind, e.c.payload, e.c.created_at)
             .where(e.c.user_id == user_id, e.c.event_id > after).order_by(e.c.event_id).limit(limit))
-        return [{"event_id": r.event_id, "kind": r.kind, "job": orjson.loads(r.payload), "at": iso(r.created_at)}
-                for r in rows]
+        return [client_event(r.topic, r.event_id, r.kind, orjson.loads(r.payload), iso(r.created_at)) for r in rows]
 
     async def last_id(self, user_id: int) -> int:
         """The id of the user's newest committed event (0 before the first)."""

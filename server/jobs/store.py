@@ -9,7 +9,6 @@ After the commit the store hands the new events to its subscribers (the Socket.I
 from __future__ import annotations
 
 import enum
-import json
 import logging
 import uuid
 from dataclasses import dataclass, field
@@ -22,6 +21,7 @@ from server.db import schema as tables
 from server.errors import BadRequest, Conflict, Forbidden, NotFound
 from server.jobs.catalogue import Action
 from server.jobs.cursors import CursorCodec
+from server.jobs.events import append_events
 from server.parsing import like_escape
 from server.stats import histogram
 from server.timeutil import day_of, iso, now_ms
@@ -116,29 +116,7 @@ class JobStore:
 
     # -- helpers inside a transaction ------------------------------------------------------
     async def _append_events(self, user_id: int, job: dict, kinds: list[str], now: int) -> list[dict]:
-        """Write events for one job; ids come from a per-user counter row.
-
-        The counter's row lock is held until commit, so on PostgreSQL a concurrent writer for
-        the same user waits, and a larger id can never commit before a smaller one.
-        """
-        (last,), = await self.db.raw_fetch(
-            "INSERT INTO event_counters (user_id, last_event_id) VALUES (:u, :n) "
-            "ON CONFLICT (user_id) DO UPDATE SET last_event_id = event_counters.last_event_id + :n "
-            "RETURNING last_event_id",
-            {"u": user_id, "n": len(kinds)},
-        )
-        first = last - len(kinds) + 1
-        # stamped after the counter lock is held, just before commit: clients measure delivery from it
-        at = max(now, now_ms())
-        events = [{"event_id": first + i, "kind": kind, "job": job, "user_id": user_id, "at": at}
-                  for i, kind in enumerate(kinds)]
-        payload = json.dumps(job)
-        await self.db.raw_executemany(
-            "INSERT INTO job_events (user_id, event_id, job_id, kind, payload, created_at) "
-            "VALUES (:u, :e, :j, :k, :p, :at)",
-            [{"u": user_id, "e": e["event_id"], "j": job["job_id"], "k": e["kind"], "p": payload, "at": at}
-             for e in events])
-        return events
+        return await append_events(self.db, user_id, "job", job["job_id"], job, kinds, now)
 
     async def _count(self, user_id: int, status: str, delta: int) -> None:
         await self.db.raw_fetch(

@@ -92,7 +92,7 @@ class Alerts:
     async def job_events(self, events: list[dict]) -> None:
         """The job store's subscriber: alert on the status events of FAILED and PARTIAL jobs."""
         for event in events:
-            if event["kind"] == "status":
+            if event["kind"] == "status" and event.get("topic", "job") == "job":
                 await self.job_finished(event["job"])
 
     async def batch_done(self, job: dict, error: UpstreamError | None) -> None:

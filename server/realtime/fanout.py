@@ -23,7 +23,7 @@ import orjson
 import socketio
 
 from server.accounts.store import Principal
-from server.jobs.events import JobEventLog
+from server.jobs.events import JobEventLog, client_event
 from server.timeutil import iso
 
 logger = logging.getLogger(__name__)
@@ -201,13 +201,14 @@ class Fanout:
                 self._last[user_id] = event_id
                 await self.resync_user(user_id)
                 return
-            for old in missing:
-                if old["event_id"] < event_id:
-                    await self._deliver(user_id, old)
-        await self._deliver(user_id, {"event_id": event_id, "kind": event["kind"], "job": event["job"],
-                                      "at": iso(event.get("at"))})
+            for name, payload in missing:
+                if payload["event_id"] < event_id:
+                    await self._deliver(user_id, name, payload)
+        name, payload = client_event(event.get("topic", "job"), event_id, event["kind"], event["job"],
+                                     iso(event.get("at")))
+        await self._deliver(user_id, name, payload)
 
-    async def _deliver(self, user_id: int, payload: dict) -> None:
+    async def _deliver(self, user_id: int, name: str, payload: dict) -> None:
         """Send one event to the user's live sockets whose cursor is behind it, and to admins."""
         event_id = payload["event_id"]
         async with self.lock:
@@ -221,4 +222,4 @@ class Fanout:
             targets += [sid for sid in self.admins
                         if self.sockets[sid].principal.user_id != user_id and not self.sockets[sid].resuming]
             if targets:
-                await self.send(targets, encode_event(self.sio, "job-update", payload))
+                await self.send(targets, encode_event(self.sio, name, payload))

@@ -46,7 +46,7 @@ class LiveStats:
     async def job_events(self, events: list[dict]) -> None:
         """The job store's subscriber: a created or finished job changes its owner's figures."""
         for event in events:
-            if event["kind"] in ("created", "status"):
+            if event["kind"] in ("created", "status") and event.get("topic", "job") == "job":
                 self.changed(event["user_id"])
 
     def changed(self, user_id: int) -> None:

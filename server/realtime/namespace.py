@@ -283,14 +283,14 @@ class Realtime:
         cursor, replayed = last, 0
         while True:
             rows = await self.events.read(user_id, cursor, REPLAY_LIMIT + 1 - replayed)
-            if cursor == last and ((rows and rows[0]["event_id"] != last + 1) or (not rows and counter > last)):
+            if cursor == last and ((rows and rows[0][1]["event_id"] != last + 1) or (not rows and counter > last)):
                 return await self._resync_socket(state, "events_expired")
             if replayed + len(rows) > REPLAY_LIMIT:
                 return await self._resync_socket(state, "too_many_missed_events")
-            for row in rows:
-                await self.fanout.send([state.sid], encode_event(self.sio, "job-update", row))
+            for name, payload in rows:
+                await self.fanout.send([state.sid], encode_event(self.sio, name, payload))
             if rows:
-                cursor, replayed = rows[-1]["event_id"], replayed + len(rows)
+                cursor, replayed = rows[-1][1]["event_id"], replayed + len(rows)
             async with self.fanout.lock:
                 # live delivery to this socket resumes only once it has every event this node sent
                 node_last = self.fanout.last_delivered(user_id)

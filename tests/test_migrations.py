@@ -1,0 +1,66 @@
+"""Upgrades: a database made at schema version 1 (kept as tests/fixtures), filled, is upgraded on
+start, and every row is still there; the new tables work."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from support import database_url, db_rows, on_database
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+async def _build_v1(db) -> None:
+    dialect = "sqlite" if db.is_sqlite else "postgresql"
+    lines = (FIXTURES / f"schema_v1_{dialect}.sql").read_text().splitlines()
+    sql = "\n".join(line for line in lines if not line.startswith("--"))
+    for statement in (s.strip() for s in sql.split(";")):
+        if statement:
+            await db.execute(statement)
+    await db.execute("INSERT INTO users (id, username, password_hash, role, created_at, disabled) "
+                     "VALUES (1, 'old-user', 'x', 'user', 1, false)")
+    await db.execute(
+        "INSERT INTO jobs (job_id, user_id, action_name, action_code, cluster, status, customer_count, done, "
+        "failed, created_at, updated_at, batch_size, attempts, cancel_requested, stuck_alerted) VALUES "
+        "('00000000-0000-4000-8000-000000000001', 1, 'PE-Enable', 2, 'sim', 'SUCCESS', 1, 1, 0, 5, 6, 100, 1, "
+        "false, false)")
+    await db.execute("INSERT INTO event_counters (user_id, last_event_id) VALUES (1, 2)")
+    for event_id, kind in ((1, "created"), (2, "status")):
+        await db.execute(
+            "INSERT INTO job_events (user_id, event_id, job_id, kind, payload, created_at) VALUES "
+            f"(1, {event_id}, '00000000-0000-4000-8000-000000000001', '{kind}', '{{}}', {event_id})")
+
+
+@pytest.mark.parametrize("backend", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def test_a_version_1_database_is_upgraded_and_keeps_every_row(backend, tmp_path):
+    from server.db import SCHEMA_VERSION, migrate
+
+    url, handle = database_url(backend, tmp_path)
+    try:
+        on_database(url, _build_v1, migrated=True)
+        found = on_database(url, migrate, migrated=True)
+        assert found == 1
+        assert db_rows(url, "SELECT version FROM schema_version") == [(SCHEMA_VERSION,)]
+        assert db_rows(url, "SELECT username FROM users") == [("old-user",)]
+        assert db_rows(url, "SELECT job_id, status FROM jobs") == [("00000000-0000-4000-8000-000000000001", "SUCCESS")]
+        # old events keep their ids and are Set Action events
+        assert db_rows(url, "SELECT event_id, kind, topic FROM job_events ORDER BY event_id") == [
+            (1, "created", "job"), (2, "status", "job")]
+        assert db_rows(url, "SELECT COUNT(*) FROM pipeline_jobs") == [(0,)]
+        assert db_rows(url, "SELECT COUNT(*) FROM deployments") == [(0,)]
+        # a second start finds the work done
+        assert on_database(url, migrate, migrated=True) == SCHEMA_VERSION
+    finally:
+        if handle is not None:
+            handle.drop()
+
+
+def test_a_database_newer_than_the_server_is_refused(tmp_path):
+    from server.db import SCHEMA_VERSION, migrate
+
+    url = f"sqlite:///{tmp_path / 'jobmon.db'}"
+    on_database(url, lambda db: db.execute(f"UPDATE schema_version SET version = {SCHEMA_VERSION + 1}"))
+    with pytest.raises(RuntimeError, match="newer than this server"):
+        on_database(url, migrate, migrated=True)
