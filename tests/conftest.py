@@ -10,6 +10,7 @@ every user, every cache entry) is marked `own_server` and gets a server with a d
 from __future__ import annotations
 
 import functools
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -63,8 +64,33 @@ def backend(request):
     return request.param
 
 
+@pytest.fixture(scope="session")
+def stop_later():
+    """`stop_later(servers, databases)`: stop quiet servers and drop their databases in the background
+    while the next tests run (uvicorn takes a tenth of a second to stop); all done by the session's end."""
+    pool = ThreadPoolExecutor(2, thread_name_prefix="stop-later")
+    pending = []
+
+    def stop(servers, databases) -> None:
+        for server in servers:
+            server.stop()
+        for database in databases:
+            database.drop()
+
+    def later(servers, databases) -> None:
+        if any(server.busy_jobs() for server in servers):
+            stop(servers, databases)  # a job still calling the clusters: stopped before the next test
+        else:
+            pending.append(pool.submit(stop, servers, databases))
+
+    yield later
+    pool.shutdown(wait=True)
+    for future in pending:
+        future.result()
+
+
 @pytest.fixture
-def make_server(backend, tmp_path, sim, sim2):
+def make_server(backend, tmp_path, sim, sim2, stop_later):
     """Start Job Monitor servers on a fresh database of the test's backend; `make_server(**env)` adds
     JOBMON_ settings. Every server made by one test shares that test's database."""
     started, databases = [], []
@@ -83,10 +109,7 @@ def make_server(backend, tmp_path, sim, sim2):
 
     make.database_url = url
     yield make
-    for server in started:
-        server.stop()
-    for database in databases:
-        database.drop()
+    stop_later(started, databases)
 
 
 @pytest.fixture(scope="session")

@@ -251,7 +251,7 @@ def concurrently(clients, job, count, **params) -> list[dict]:
         return [f.result() for f in futures]
 
 
-def test_chunks_fallback_and_single_flight(make_server, alice_and_admin_on, sim):
+def test_chunks_and_the_fallback_to_one_cid_at_a_time(make_server, alice_and_admin_on, sim):
     server = make_server(APPSTATUS_BATCH_SIZE="10")
     alice, _ = alice_and_admin_on(server)
     api = server.client(alice)
@@ -266,6 +266,13 @@ def test_chunks_fallback_and_single_flight(make_server, alice_and_admin_on, sim)
     assert (sim.stats()["appstatus_batch_calls"], sim.stats()["appstatus_single_calls"]) == (3, 25)
     sim.knobs(appstatus_batch_status=None)
     assert api.post("/api/cache/invalidate", json={"job_id": job["job_id"]}).json()["invalidated"] == 25
+
+
+@pytest.mark.slow  # a cluster slowed down to half a second, so that the requests overlap
+def test_single_flight(make_server, alice_and_admin_on, sim):
+    server = make_server(APPSTATUS_BATCH_SIZE="10")
+    alice, _ = alice_and_admin_on(server)
+    job = finished_job(server.client(alice), [f"C{n}" for n in range(25)])
     sim.reset()
 
     # ten concurrent requests for the same missing entries: one series of ceil(25 / 10) calls

@@ -7,6 +7,8 @@ import logging
 import time
 from pathlib import Path
 
+import pytest
+
 from support import api_error as error
 from support import db_rows, free_port
 
@@ -24,6 +26,7 @@ def customer_rows(api, job_id: str, status: str | None = None) -> list[dict]:
     return api.get(f"/api/jobs/{job_id}/customers", params=params).json()["customers"]
 
 
+@pytest.mark.slow  # a cluster that hangs for 1.5 s, and the wait for it to answer at last
 def test_every_failure_kind(make_server, sim, tmp_path):
     dead_port = free_port()  # nothing listens there: connection refused
     server = make_server(UPSTREAM_TIMEOUT=0.5, CLUSTERS_FILE=clusters_file(tmp_path / "c.json", [

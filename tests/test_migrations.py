@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from support import database_url, db_rows, on_database
+from support import BACKENDS, database_url, db_rows, on_database
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -33,7 +33,7 @@ async def _build_v1(db) -> None:
             f"(1, {event_id}, '00000000-0000-4000-8000-000000000001', '{kind}', '{{}}', {event_id})")
 
 
-@pytest.mark.parametrize("backend", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_a_version_1_database_is_upgraded_and_keeps_every_row(backend, tmp_path):
     from server.db import SCHEMA_VERSION, migrate
 

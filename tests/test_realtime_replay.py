@@ -95,7 +95,8 @@ async def test_resume_edges_resync_instead_of_guessing(server, alice, admin, sim
         monkeypatch.undo()
 
         # events past the retention window are gone: the client must refetch
-        await asyncio.to_thread(db_write, server, f"DELETE FROM job_events WHERE event_id <= 2 AND user_id = {alice['id']}")
+        await asyncio.to_thread(db_write, server,
+                                f"DELETE FROM job_events WHERE event_id <= 2 AND user_id = {alice['id']}")
         assert (await client.call("resume", {"last_event_id": 1}))["reason"] == "events_expired"
         assert (await client.call("resume", {"last_event_id": 2}))["replayed"] == total - 2
 
