@@ -74,12 +74,13 @@ def populate(server, sim, sim2) -> dict:
     admin = server.create_user("root-admin", role="admin")
     a, b = server.client(alice), server.client(bob)
     formula = "=HYPERLINK(\"http://x\")"
-    sim.knobs(fail_cids={"BAD1": "customer locked", "BAD2": "customer locked", "EVIL": formula})
-    sim2.knobs(fail_cids={"BAD1": "Customer LOCKED upstream", "BAD2": "Customer LOCKED upstream"})
+    # failing CIDs that are not hexadecimal: a text search for them cannot match the start of a job id
+    sim.knobs(fail_cids={"BADX1": "customer locked", "BADX2": "customer locked", "EVIL": formula})
+    sim2.knobs(fail_cids={"BADX1": "Customer LOCKED upstream", "BADX2": "Customer LOCKED upstream"})
     started = [
         a.start(["A1", "A2"], action="PE-Enable"),
-        a.start(["BAD1", "A3"], action="T-Enable"),
-        a.start(["BAD1", "BAD2"], action="Trans-Begin", cluster="sim2"),
+        a.start(["BADX1", "A3"], action="T-Enable"),
+        a.start(["BADX1", "BADX2"], action="Trans-Begin", cluster="sim2"),
         b.start(["B1"], action="PE-Direct"),
         b.start(["UNIQUE-CID-7"], action="PE-Finalize", cluster="sim2"),
         a.start(["EVIL"], action="PE-Direct"),
@@ -190,8 +191,8 @@ def test_every_filter_and_sort(world, monkeypatch):
         ({"text": middle["job_id"][:13].upper()}, lambda j: j["job_id"] == middle["job_id"]),
         ({"text": middle["job_id"]}, lambda j: j["job_id"] == middle["job_id"]),
         ({"text": "UNIQUE-CID-7"}, lambda j: j["cluster"] == "sim2" and j["action_name"] == "PE-Finalize"),
-        ({"text": "BAD1"}, lambda j: j["action_name"] in ("T-Enable", "Trans-Begin")),
-        ({"text": "BAD1", "status": "FAILED"}, lambda j: j["action_name"] == "Trans-Begin"),
+        ({"text": "BADX1"}, lambda j: j["action_name"] in ("T-Enable", "Trans-Begin")),
+        ({"text": "BADX1", "status": "FAILED"}, lambda j: j["action_name"] == "Trans-Begin"),
         ({"text": "locked"}, lambda j: j["status"] in ("FAILED", "PARTIAL") and "locked" in j["error_message"].lower()),
         ({"text": "LOCKED UP"}, lambda j: j["cluster"] == "sim2" and j["status"] == "FAILED"),
         ({"text": "%"}, lambda j: False),
