@@ -424,7 +424,10 @@ class JobStore:
         c, j = tables.job_customers, tables.jobs
         now = now_ms()
         async with self.db.transaction():
-            row = await self.get_row(job_id)
+            # locked until commit (PostgreSQL; SQLite's writer holds the file): a concurrent finish
+            # (cancel and runner) or start waits, then sees this one's result, so the aggregates
+            # move once and from the status the job really had
+            row = await self.db.fetch_one(sa.select(j).where(j.c.job_id == job_id).with_for_update())
             if row is None or JobStatus(row.status) in FINAL_STATUSES:
                 return public_job(row) if row else {}
             skipped = 0
