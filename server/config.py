@@ -63,6 +63,10 @@ class Settings:
     login_attempts: int = 5
     login_window: float = 300.0
     log_level: str = "INFO"
+    pipeline_timeout: float = 3600.0  # a running pipeline job with no sign of life this long times out
+    regression_window: float = 1800.0  # seconds of Set Actions compared before and after a deployment
+    regression_rate: float = 0.10  # failure-rate rise (absolute) that makes a deploy_regression alert
+    regression_min_customers: int = 20  # customers answered after the deployment for a verdict
     sim_env: Mapping[str, str] = field(default_factory=dict)
 
     @property
@@ -102,6 +106,19 @@ def _float(env: Mapping[str, str], name: str, default: float, minimum: float = 0
         raise ConfigError(f"{PREFIX}{name}={raw!r}: expected a number of seconds") from None
     if not math.isfinite(value) or value < minimum:
         raise ConfigError(f"{PREFIX}{name}={raw!r}: expected a number >= {minimum}")
+    return value
+
+
+def _rate(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(PREFIX + name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        value = math.nan
+    if not 0.0 <= value <= 1.0:  # NaN fails too
+        raise ConfigError(f"{PREFIX}{name}={raw!r}: expected a fraction between 0 and 1, like 0.10")
     return value
 
 
@@ -221,5 +238,9 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         login_attempts=_int(env, "LOGIN_ATTEMPTS", 5, minimum=1),
         login_window=_float(env, "LOGIN_WINDOW", 300.0, minimum=1.0),
         log_level=log_level,
+        pipeline_timeout=_float(env, "PIPELINE_TIMEOUT", 3600.0, minimum=0.1),
+        regression_window=_float(env, "REGRESSION_WINDOW", 1800.0, minimum=0.1),
+        regression_rate=_rate(env, "REGRESSION_RATE", 0.10),
+        regression_min_customers=_int(env, "REGRESSION_MIN_CUSTOMERS", 20, minimum=1),
         sim_env={k: v for k, v in env.items() if k.startswith(PREFIX + "SIM_")},
     )

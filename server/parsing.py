@@ -6,7 +6,7 @@ caller names the setting, field or knob in its own error.
 
 from __future__ import annotations
 
-from typing import Iterable
+from typing import Callable, Iterable
 
 from server.errors import BadRequest
 
@@ -34,13 +34,14 @@ def like_escape(text: str) -> str:
     return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
-def parse_status_list(raw: str | None, valid: Iterable[str], field: str = "status") -> tuple[str, ...]:
-    """A comma-separated list of statuses (any case, repeats dropped); 400 naming `field` and the
-    valid values for an unknown one. Empty for no value."""
+def parse_status_list(raw: str | None, valid: Iterable[str], field: str = "status",
+                      case: Callable[[str], str] = str.upper) -> tuple[str, ...]:
+    """A comma-separated list of statuses (any case: `case` gives the one of `valid`, repeats
+    dropped); 400 naming `field` and the valid values for an unknown one. Empty for no value."""
     if raw is None:
         return ()
     valid = list(valid)
-    values = tuple(dict.fromkeys(part.strip().upper() for part in raw.split(",") if part.strip()))
+    values = tuple(dict.fromkeys(case(part.strip()) for part in raw.split(",") if part.strip()))
     unknown = [value for value in values if value not in valid]
     if unknown:
         raise BadRequest(f"Unknown {field} {unknown[0][:40]!r}; valid: " + ", ".join(valid),

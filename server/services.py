@@ -22,7 +22,11 @@ from server.jobs.events import JobEventLog
 from server.jobs.retention import RetentionTask
 from server.jobs.runner import JobRunner
 from server.jobs.store import JobStore
+from server.pipelines.regressions import DeployRegressions
+from server.pipelines.store import PipelineStore
+from server.pipelines.timeouts import PipelineTimeouts
 from server.realtime.alerts import Alerts
+from server.realtime.dashboard_push import DashboardPush
 from server.realtime.emitter import SocketEmitter
 from server.realtime.fanout import Fanout
 from server.realtime.live_stats import LiveStats
@@ -53,6 +57,9 @@ class Services:
     admin_stats: AdminStats
     retention: RetentionTask
     realtime: Realtime
+    pipelines: PipelineStore
+    pipeline_timeouts: PipelineTimeouts
+    regressions: DeployRegressions
 
 
 @contextlib.asynccontextmanager
@@ -78,7 +85,9 @@ async def running_services(settings: Settings, sio: socketio.AsyncServer, cluste
         live_stats = LiveStats(db, emitter, fanout, multi_node=bool(settings.redis_url))
         alerts = Alerts(db, emitter, stuck_after_ms=int(settings.stuck_after * 1000),
                         cluster_failures=settings.cluster_alert_after)
+        dashboard = DashboardPush(db, emitter, multi_node=bool(settings.redis_url))
         jobs = JobStore(db, cursors, subscribers=(fanout.publish, live_stats.job_events, alerts.job_events))
+        pipelines = PipelineStore(db, cursors, subscribers=(fanout.publish, dashboard.changed))
         runner = JobRunner(jobs, clusters, client, job_concurrency=settings.job_concurrency,
                            batch_concurrency=settings.batch_concurrency, lease_seconds=settings.lease_seconds,
                            on_batch_done=alerts.batch_done)
@@ -89,17 +98,23 @@ async def running_services(settings: Settings, sio: socketio.AsyncServer, cluste
         scope = JobScope(jobs, cache, clusters, client, emitter, appstatus_ttl=settings.appstatus_ttl,
                          states_max_pages=settings.states_max_pages)
         realtime = Realtime(sio, settings, auth=auth, accounts=accounts, jobs=jobs, events=events, fanout=fanout,
-                            alerts=alerts, live_stats=live_stats, scope=scope)
+                            alerts=alerts, live_stats=live_stats, scope=scope, dashboard=dashboard)
+        regressions = DeployRegressions(pipelines, jobs, alerts, window_seconds=settings.regression_window,
+                                        rate=settings.regression_rate,
+                                        min_customers=settings.regression_min_customers)
         services = Services(
             settings=settings, db=db, accounts=accounts, auth=auth, audit=audit, clusters=clusters, client=client,
             jobs=jobs, runner=runner, cache=cache, scope=scope, admin=AdminQueries(db, accounts, cursors),
-            admin_stats=AdminStats(db), retention=RetentionTask(db, settings), realtime=realtime)
+            admin_stats=AdminStats(db), retention=RetentionTask(db, settings), realtime=realtime,
+            pipelines=pipelines, pipeline_timeouts=PipelineTimeouts(pipelines, settings.pipeline_timeout),
+            regressions=regressions)
     except BaseException:
         await db.disconnect()
         raise
     started = []
     try:
-        for component in (realtime, runner, cache, scope, services.retention):
+        for component in (realtime, runner, cache, scope, services.retention, services.pipeline_timeouts,
+                          regressions):
             await component.start()
             started.append(component)
         yield services

@@ -20,6 +20,8 @@ def test_defaults_give_the_embedded_set_up(tmp_path):
     assert settings.database_url == f"sqlite:///{data / 'jobmon.db'}"
     assert settings.embedded_simulator and settings.redis_url == "" and not settings.demo
     assert (settings.upstream_timeout, settings.batch_size, settings.appstatus_ttl) == (30.0, 100, 1800)
+    assert (settings.pipeline_timeout, settings.regression_window, settings.regression_rate,
+            settings.regression_min_customers) == (3600.0, 1800.0, 0.10, 20)
     # a secret key is generated on first start, kept private, and the same on the next start
     key_file = data / "secret_key"
     assert len(settings.secret_key) >= 32 and key_file.read_text() == settings.secret_key
@@ -68,6 +70,13 @@ def test_values_are_parsed(tmp_path):
     ("DEMO", "maybe", "expected true or false"),
     ("LOG_LEVEL", "LOUD", "expected DEBUG, INFO, WARNING or ERROR"),
     ("LEASE_SECONDS", "0.1", "expected a number >= 0.5"),
+    ("PIPELINE_TIMEOUT", "an hour", "expected a number of seconds"),
+    ("PIPELINE_TIMEOUT", "0", "expected a number >= 0.1"),
+    ("REGRESSION_WINDOW", "-5", "expected a number >= 0.1"),
+    ("REGRESSION_RATE", "10%", "expected a fraction between 0 and 1"),
+    ("REGRESSION_RATE", "1.5", "expected a fraction between 0 and 1"),
+    ("REGRESSION_RATE", "nan", "expected a fraction between 0 and 1"),
+    ("REGRESSION_MIN_CUSTOMERS", "0", "expected an integer >= 1"),
 ])
 def test_wrong_values_name_the_variable(tmp_path, name, value, expected):
     with pytest.raises(ConfigError) as caught:

@@ -20,6 +20,7 @@ from server.api.common import (
     OrjsonResponse,
     client_ip,
     json_object,
+    only_params,
     query_int,
     query_text,
     services,
@@ -49,13 +50,6 @@ async def _admin(request: Request) -> AdminQueries:
 
 def _bad(name: str, message: str, **details) -> BadRequest:
     return BadRequest(message, code="validation_error", details={"field": name, **details})
-
-
-def _only(request: Request, allowed: set[str]) -> None:
-    unknown = sorted(set(request.query_params.keys()) - allowed)
-    if unknown:
-        raise _bad(unknown[0], f"Unknown parameter {unknown[0][:40]!r}; this path takes: "
-                   + ", ".join(sorted(allowed)), allowed=sorted(allowed))
 
 
 def _date(request: Request, name: str, end_of_day: bool = False) -> int | None:
@@ -129,7 +123,7 @@ def _sort(request: Request):
 async def list_jobs(request: Request) -> OrjsonResponse | StreamingResponse:
     """Every user's jobs: filtered, sorted, one keyset page at a time (or all of them as CSV)."""
     admin = await _admin(request)
-    _only(request, LIST_PARAMS)
+    only_params(request, LIST_PARAMS)
     fmt = (query_text(request, "format", 10) or "json").lower()
     if fmt not in ("json", "csv"):
         raise _bad("format", "'format' must be json or csv")
@@ -145,7 +139,7 @@ async def list_jobs(request: Request) -> OrjsonResponse | StreamingResponse:
 async def export_csv(request: Request) -> StreamingResponse:
     """The same filtered, sorted list as CSV, every page of it, streamed."""
     admin = await _admin(request)
-    _only(request, LIST_PARAMS - {"cursor", "limit"})
+    only_params(request, LIST_PARAMS - {"cursor", "limit"})
     return await _csv(request, admin)
 
 
@@ -184,7 +178,7 @@ def _cell(value) -> object:
 async def job_stats(request: Request) -> OrjsonResponse:
     """All users' job figures, from the aggregates (never a scan of the jobs)."""
     await _admin(request)
-    _only(request, {"days"})
+    only_params(request, {"days"})
     days = query_int(request, "days", 7, 1, MAX_WINDOW_DAYS)
     return OrjsonResponse(await services(request).admin_stats.figures(days))
 
@@ -192,14 +186,14 @@ async def job_stats(request: Request) -> OrjsonResponse:
 async def verify_stats(request: Request) -> OrjsonResponse:
     """Recount the aggregates from the jobs table and list any difference (slow: a full scan)."""
     admin = await _admin(request)
-    _only(request, set())
+    only_params(request, set())
     return OrjsonResponse(await verify_aggregates(admin.db))
 
 
 async def job_detail(request: Request) -> OrjsonResponse:
     """One job of any user, with its owner, processing time, attempts and event history."""
     admin = await _admin(request)
-    _only(request, {"events_limit"})
+    only_params(request, {"events_limit"})
     limit = query_int(request, "events_limit", 200, 1, 1000)
     return OrjsonResponse(await admin.job_detail(request.path_params["job_id"], limit))
 
@@ -207,7 +201,7 @@ async def job_detail(request: Request) -> OrjsonResponse:
 async def job_results(request: Request) -> OrjsonResponse:
     """A job's per-customer outcomes, in order, a page at a time, optionally of one outcome."""
     admin = await _admin(request)
-    _only(request, {"outcome", "cursor", "limit"})
+    only_params(request, {"outcome", "cursor", "limit"})
     outcomes = _statuses(query_text(request, "outcome", 20), [c.value for c in CustomerStatus], "outcome")
     if len(outcomes) > 1:
         raise _bad("outcome", "Give one outcome")
@@ -219,7 +213,7 @@ async def job_results(request: Request) -> OrjsonResponse:
 async def audit(request: Request) -> OrjsonResponse:
     """Who did what and when, newest first, filtered by user, kind and time."""
     admin = await _admin(request)
-    _only(request, {"user", "kind", "from", "to", "cursor", "limit"})
+    only_params(request, {"user", "kind", "from", "to", "cursor", "limit"})
     raw_user = query_text(request, "user", 64)
     username = None
     if raw_user is not None:
@@ -247,7 +241,7 @@ async def audit(request: Request) -> OrjsonResponse:
 async def list_users(request: Request) -> OrjsonResponse:
     """Every user, with role and job counts."""
     admin = await _admin(request)
-    _only(request, set())
+    only_params(request, set())
     return OrjsonResponse({"users": await admin.users()})
 
 
@@ -255,7 +249,7 @@ async def create_user(request: Request) -> OrjsonResponse:
     """Create a user (or another admin)."""
     s = services(request)
     principal = await s.auth.require_admin(request)
-    _only(request, set())
+    only_params(request, set())
     body = await json_object(request, limit=8 * 1024)
     unknown = sorted(set(body) - {"username", "password", "role"})
     if unknown:
@@ -272,7 +266,7 @@ async def retention(request: Request) -> OrjsonResponse:
     """The retention policy and what this node's last pruning run removed."""
     s = services(request)
     await s.auth.require_admin(request)
-    _only(request, set())
+    only_params(request, set())
     return OrjsonResponse({"retention": s.retention.status()})
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import orjson
@@ -14,6 +15,7 @@ from server.parsing import parse_bool
 from server.services import Services
 
 MAX_JSON_BYTES = 64 * 1024
+IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,200}$")
 
 
 class OrjsonResponse(Response):
@@ -23,6 +25,16 @@ class OrjsonResponse(Response):
 
     def render(self, content: Any) -> bytes:
         return orjson.dumps(content)
+
+
+def described(body: type | None = None, answer: type | None = None, status: int = 200):
+    """Mark a route function with its request and answer models (pydantic), for /openapi.json."""
+
+    def mark(endpoint):
+        endpoint.body_model, endpoint.answer_model, endpoint.answer_status = body, answer, status
+        return endpoint
+
+    return mark
 
 
 def services(request: Request) -> Services:
@@ -65,6 +77,25 @@ async def json_object(request: Request, limit: int = MAX_JSON_BYTES) -> dict:
     if not isinstance(value, dict):
         raise BadRequest("Expected a JSON object in the request body", code="validation_error")
     return value
+
+
+def idempotency_key(request: Request) -> str | None:
+    """The optional `Idempotency-Key` header: 1-200 printable ASCII characters."""
+    key = request.headers.get("idempotency-key")
+    if key is None:
+        return None
+    if not IDEMPOTENCY_KEY.fullmatch(key):
+        raise BadRequest("Idempotency-Key must be 1-200 printable ASCII characters", code="validation_error",
+                         details={"field": "Idempotency-Key"})
+    return key
+
+
+def only_params(request: Request, allowed: set[str]) -> None:
+    """400 naming the first query parameter this path does not take."""
+    unknown = sorted(set(request.query_params.keys()) - allowed)
+    if unknown:
+        raise BadRequest(f"Unknown parameter {unknown[0][:40]!r}; this path takes: " + ", ".join(sorted(allowed)),
+                         code="validation_error", details={"field": unknown[0], "allowed": sorted(allowed)})
 
 
 def query_int(request: Request, name: str, default: int, minimum: int, maximum: int) -> int:

@@ -12,6 +12,7 @@ from server.accounts.store import Scope
 from server.api.common import (
     OrjsonResponse,
     client_ip,
+    idempotency_key,
     job_in_path,
     json_object,
     query_int,
@@ -30,7 +31,6 @@ from server.jobs.store import CustomerStatus, JobStatus
 from server.parsing import parse_status_list
 from server.stats.live import daily_figures, job_stats
 
-IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,200}$")
 UPSTREAM_TOKEN = re.compile(r"^[\x21-\x7e]{1,4096}$")
 
 
@@ -42,16 +42,6 @@ async def list_clusters(request: Request) -> OrjsonResponse:
         "clusters": [cluster.public() for cluster in s.clusters],
         "actions": [{"name": a.name, "code": a.code, "aliases": list(a.aliases)} for a in ACTIONS],
     })
-
-
-def _idempotency_key(request: Request) -> str | None:
-    key = request.headers.get("idempotency-key")
-    if key is None:
-        return None
-    if not IDEMPOTENCY_KEY.fullmatch(key):
-        raise BadRequest("Idempotency-Key must be 1-200 printable ASCII characters", code="validation_error",
-                         details={"field": "Idempotency-Key"})
-    return key
 
 
 def _upstream_token(raw: object) -> str | None:
@@ -107,7 +97,7 @@ async def create_set_action(request: Request) -> OrjsonResponse:
     """Start a Set Action: 202 with the new job (the same job again for a repeated Idempotency-Key)."""
     s = services(request)
     principal = await s.auth.require(request, Scope.WRITE)
-    key = _idempotency_key(request)
+    key = idempotency_key(request)
     if key is not None:
         existing = await s.jobs.by_idempotency_key(principal.user_id, key)
         if existing is not None:
@@ -200,7 +190,7 @@ async def retry_job(request: Request) -> OrjsonResponse:
     if not isinstance(include_skipped, bool):
         raise BadRequest("'include_skipped' must be true or false", code="validation_error",
                          details={"field": "include_skipped"})
-    key = _idempotency_key(request)
+    key = idempotency_key(request)
     token = _upstream_token(body.get("upstream_token"))  # checked before anything is stored
     wanted = [CustomerStatus.FAILED, CustomerStatus.SKIPPED] if include_skipped else [CustomerStatus.FAILED]
     cids = await s.jobs.cids_with_status(job["job_id"], wanted)

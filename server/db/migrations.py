@@ -17,7 +17,7 @@ from server.db.schema import metadata, schema_version
 
 logger = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 Step = Union[str, Callable[[Db], Awaitable[None]]]
 
@@ -32,6 +32,26 @@ def _create_tables(*names: str) -> Callable[[Db], Awaitable[None]]:
     return step
 
 
+def _add_column(table: str, column: str) -> Callable[[Db], Awaitable[None]]:
+    """A step that adds a column of `metadata` to an existing table, unless it is there already
+    (an earlier step that created the table from `metadata` made it with the column)."""
+
+    async def step(db: Db) -> None:
+        if db.is_sqlite:
+            present = {row[1] for row in await db.raw_fetch(f"PRAGMA table_info({table})")}
+        else:
+            present = {row[0] for row in await db.raw_fetch(
+                "SELECT column_name FROM information_schema.columns WHERE table_schema = current_schema() "
+                "AND table_name = :t", {"t": table})}
+        if column not in present:
+            spec = metadata.tables[table].c[column]
+            kind = spec.type.compile(dialect=_dialect(db))
+            await db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
+
+    step.__name__ = f"add {table}.{column}"
+    return step
+
+
 # Steps that bring a database at version N-1 to version N: SQL both dialects accept, or a
 # function of the db. A fresh database is created at SCHEMA_VERSION directly from `metadata`.
 # Add a step (and bump SCHEMA_VERSION) for each change.
@@ -40,6 +60,11 @@ MIGRATIONS: dict[int, list[Step]] = {
     2: [
         "ALTER TABLE job_events ADD COLUMN topic VARCHAR(16) DEFAULT 'job' NOT NULL",
         _create_tables("pipeline_jobs", "deployments"),
+    ],
+    # counters behind the dashboard summary; why a deployment failed
+    3: [
+        _create_tables("pipeline_counts", "live_services"),
+        _add_column("deployments", "failure_reason"),
     ],
 }
 

@@ -12,7 +12,7 @@ Who reads and writes each table (nothing else sends SQL to it):
 - job_counts, daily_stats, duration_histogram: written by jobs.store in each change's
   transaction, read by stats (counts, live, aggregates; aggregates' verify recounts them from jobs)
 - job_alerts: realtime.alerts; retention_state: jobs.retention; schema_version: db.migrations
-- pipeline_jobs, deployments: pipelines.store (schema v2)
+- pipeline_jobs, deployments (schema v2), pipeline_counts, live_services (schema v3): pipelines.store
 - appstatus_cache, appstatus_claims, appstatus_generations, cache_counters: appstatus.cache
   (which reads a job's CIDs from job_customers inside its own lookup query, in one round trip)
 """
@@ -364,6 +364,7 @@ deployments = sa.Table(
     sa.Column("latency_ms", sa.Float, nullable=True),
     sa.Column("requests_per_sec", sa.Float, nullable=True),
     sa.Column("metrics_at", sa.BigInteger, nullable=True),
+    sa.Column("failure_reason", sa.Text, nullable=True),  # schema v3: the reason given to /fail
     sa.Column("regression_checked", sa.Boolean, nullable=False, default=False),
     sa.Column("created_at", sa.BigInteger, nullable=False),
     sa.Column("updated_at", sa.BigInteger, nullable=False),
@@ -375,4 +376,30 @@ deployments = sa.Table(
     # the regression check: live deployments on a cluster not yet checked
     sa.Index("ix_deployments_status_live", "status", "live_at"),
     sa.Index("ix_deployments_user_idempotency", "user_id", "idempotency_key", unique=True),
+)
+
+
+# Counters kept by pipelines.store in the same transaction as each change (schema v3), so the
+# dashboard summary never counts rows: `active` (pending, queued or running pipeline jobs),
+# `failed:<day>` (pipeline jobs that ended failed, timeout or error that UTC day) and
+# `deployments:<day>` (deployments created that day).
+pipeline_counts = sa.Table(
+    "pipeline_counts",
+    metadata,
+    sa.Column("user_id", sa.Integer, primary_key=True),
+    sa.Column("name", sa.String(32), primary_key=True),
+    sa.Column("n", sa.BigInteger, nullable=False),
+)
+
+# Which deployment of each service is live now, per user (schema v3): set when one goes live,
+# given back to the previous live one when it is rolled back. The summary's live_by_service.
+live_services = sa.Table(
+    "live_services",
+    metadata,
+    sa.Column("user_id", sa.Integer, primary_key=True),
+    sa.Column("service_name", sa.String(100), primary_key=True),
+    sa.Column("deployment_id", sa.String(36), nullable=False),
+    sa.Column("version", sa.String(100), nullable=False),
+    sa.Column("cluster", sa.String(64), nullable=True),
+    sa.Column("live_at", sa.BigInteger, nullable=False),
 )

@@ -89,13 +89,14 @@ def public_job(row) -> dict:
     }
 
 
-def parse_job_id(raw: object) -> str:
-    """A job id must be a UUID; anything else is a 400 before touching the database."""
+def parse_job_id(raw: object, field: str = "job_id") -> str:
+    """A job (or other record) id must be a UUID; anything else is a 400 naming `field` before
+    touching the database."""
     try:
         return str(uuid.UUID(str(raw)))
     except (ValueError, TypeError):
-        raise BadRequest("Malformed job id: expected a UUID", code="validation_error",
-                         details={"field": "job_id"}) from None
+        raise BadRequest(f"Malformed '{field}': expected a UUID", code="validation_error",
+                         details={"field": field}) from None
 
 
 class JobStore:
@@ -465,6 +466,18 @@ class JobStore:
         if row.status == JobStatus.QUEUED.value and row.lease_owner is None:
             return await self.finish(job_id)
         return public_job(row)
+
+    async def customer_outcomes(self, cluster: str, from_ms: int, to_ms: int) -> tuple[int, int]:
+        """(answered, failed): the customers of Set Actions on `cluster` the cluster answered between
+        the two times (a job's customers count by when each was answered; jobs created up to one
+        range length before it are looked at, so a job that spans its start counts in part)."""
+        (answered, failed), = await self.db.raw_fetch(
+            "SELECT COUNT(*), COALESCE(SUM(CASE WHEN c.status = 'FAILED' THEN 1 ELSE 0 END), 0) "
+            "FROM jobs j JOIN job_customers c ON c.job_id = j.job_id "
+            "WHERE j.created_at >= :lookback AND j.created_at < :to AND j.cluster = :cluster "
+            "AND c.status IN ('SUCCESS', 'FAILED') AND c.updated_at >= :from AND c.updated_at < :to",
+            {"cluster": cluster, "from": from_ms, "to": to_ms, "lookback": from_ms - (to_ms - from_ms)})
+        return int(answered), int(failed)
 
     async def flag_stuck(self, stuck_after_ms: int) -> list[dict]:
         """Jobs IN_PROGRESS longer than the limit, not yet alerted; marks them alerted."""

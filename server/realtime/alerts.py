@@ -1,9 +1,10 @@
-"""Job alerts: a job that FAILED or ended PARTIAL, a job stuck IN_PROGRESS, a cluster that keeps failing.
+"""Job alerts: a job that FAILED or ended PARTIAL, a job stuck IN_PROGRESS, a cluster that keeps failing,
+a deployment after which its cluster's Set Actions fail more (raised by pipelines.regressions).
 
 Every alert is a row of `job_alerts` before it is emitted. Its id names what it is about
-(`job_failed:<job_id>`, `job_stuck:<job_id>`, `cluster_failing:<cluster>:<5-minute window>`), and
-the insert does nothing when the id exists, so when several nodes notice the same thing exactly
-one of them emits it. A listener that was away asks for the alerts since a time (`resume` with
+(`job_failed:<job_id>`, `job_stuck:<job_id>`, `cluster_failing:<cluster>:<5-minute window>`,
+`deploy_regression:<deployment id>`), and the insert does nothing when the id exists, so when
+several nodes notice the same thing exactly one of them emits it. A listener that was away asks for the alerts since a time (`resume` with
 `alerts_since`) and gets them from the table.
 """
 
@@ -31,10 +32,12 @@ class AlertKind(str, enum.Enum):
     JOB_PARTIAL = "job_partial"  # some customers of a job failed
     JOB_STUCK = "job_stuck"  # IN_PROGRESS for longer than settings.stuck_after
     CLUSTER_FAILING = "cluster_failing"  # N whole-batch failures in a row on one cluster
+    DEPLOY_REGRESSION = "deploy_regression"  # a cluster's failure rate rose after a deployment went live
 
 
 SEVERITY = {AlertKind.JOB_FAILED: "critical", AlertKind.JOB_PARTIAL: "warning",
-            AlertKind.JOB_STUCK: "warning", AlertKind.CLUSTER_FAILING: "critical"}
+            AlertKind.JOB_STUCK: "warning", AlertKind.CLUSTER_FAILING: "critical",
+            AlertKind.DEPLOY_REGRESSION: "critical"}
 
 
 

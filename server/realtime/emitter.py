@@ -7,7 +7,8 @@ with Redis configured an emit reaches the sockets of every node).
 
 Rooms: every socket joins `user:<id>`; admins (with admin rights) also join `admins`, everyone
 else `stats:<id>` (so an admin's dashboard gets the all-users `job-stats` only); `subscribe` adds
-`job:<id>` after an ownership check. Clients never name a room themselves.
+`job:<id>` after an ownership check, and `subscribe {"dashboard": true}` adds `dashboard:<id>` (admins:
+`dashboard:admins`). Clients never name a room themselves.
 """
 
 from __future__ import annotations
@@ -29,6 +30,11 @@ def stats_room(user_id: int) -> str:
 
 def job_room(job_id: str) -> str:
     return f"job:{job_id}"
+
+
+def dashboard_room(user_id: int | None) -> str:
+    """The sockets that asked for a user's `dashboard-summary` (None: the admins' all-users one)."""
+    return "dashboard:admins" if user_id is None else f"dashboard:{user_id}"
 
 
 class Emitter(Protocol):

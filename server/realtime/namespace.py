@@ -3,12 +3,12 @@
 Rooms are described in `emitter`. Clients never name a room themselves.
 
 What goes where, and why:
-- `job-update` (and `resync`): through `fanout.Fanout`, which encodes each event once and queues
+- `job-update`, `pipeline-update`, `deployment-update` (and `resync`): through `fanout.Fanout`, which encodes each event once and queues
   the packet on every target socket directly, in per-user event-id order, each event once per
   socket; `resume` replays from the event log through the same path. A room emit through
   python-socketio would make a Task per socket and could not keep the per-socket order and
   cursor that replay needs.
-- `job-stats`, `job-alert`, `appstatus-update`: through `sio.emit` (the `emitter.Emitter`), i.e.
+- `job-stats`, `job-alert`, `appstatus-update`, `dashboard-summary`: through `sio.emit` (the `emitter.Emitter`), i.e.
   python-socketio's manager, which with Redis reaches every node's sockets. They are few (coalesced
   per user, one per alert, one per fetch), so the simple path is the right one.
 
@@ -33,8 +33,10 @@ from server.errors import AppError, error_ack
 from server.jobs.events import JobEventLog
 from server.jobs.store import JobStore, parse_job_id
 from server.parsing import is_int
+from server.periodic import every
 from server.realtime.alerts import Alerts
-from server.realtime.emitter import ADMINS_ROOM, job_room, stats_room, user_room
+from server.realtime.dashboard_push import DashboardPush
+from server.realtime.emitter import ADMINS_ROOM, dashboard_room, job_room, stats_room, user_room
 from server.realtime.fanout import Fanout, SocketState, encode_event
 from server.realtime.live_stats import LiveStats
 from server.realtime.socketio_compat import close_redis_manager
@@ -68,7 +70,7 @@ class Realtime:
 
     def __init__(self, sio: socketio.AsyncServer, settings: Settings, *, auth: Authenticator, accounts: Accounts,
                  jobs: JobStore, events: JobEventLog, fanout: Fanout, alerts: Alerts, live_stats: LiveStats,
-                 scope: JobScope):
+                 scope: JobScope, dashboard: DashboardPush):
         self.sio = sio
         self.settings = settings
         self.auth = auth
@@ -79,6 +81,7 @@ class Realtime:
         self.alerts = alerts
         self.live_stats = live_stats
         self.scope = scope
+        self.dashboard = dashboard
         self._tasks: list[asyncio.Task] = []
         sio.on("connect", self.on_connect)
         sio.on("disconnect", self.on_disconnect)
@@ -103,10 +106,10 @@ class Realtime:
         await self.fanout.start()
         s = self.settings
         self._tasks = [
-            asyncio.create_task(self._every(s.socket_revalidate, "revalidating sockets", self.revalidate)),
-            asyncio.create_task(self._every(s.stats_interval, "periodic job-stats", self.live_stats.push_periodic)),
-            asyncio.create_task(self._every(min(s.stuck_after / 2, 30.0), "stuck-job check", self._check_stuck)),
-            asyncio.create_task(self._every(3600.0, "pruning alerts", self._prune_alerts)),
+            asyncio.create_task(every(s.socket_revalidate, "revalidating sockets", self.revalidate)),
+            asyncio.create_task(every(s.stats_interval, "periodic job-stats", self.live_stats.push_periodic)),
+            asyncio.create_task(every(min(s.stuck_after / 2, 30.0), "stuck-job check", self._check_stuck)),
+            asyncio.create_task(every(3600.0, "pruning alerts", self._prune_alerts)),
         ]
 
     async def stop(self) -> None:
@@ -116,22 +119,10 @@ class Realtime:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks.clear()
         await self.live_stats.stop()
+        await self.dashboard.stop()
         await self.fanout.stop()
         await self.sio.shutdown()
         await close_redis_manager(self.sio.manager)
-
-    async def _every(self, seconds: float, what: str, work) -> None:
-        delay = seconds
-        while True:
-            await asyncio.sleep(delay)
-            try:
-                await work()
-                delay = seconds
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                delay = min(max(delay * 2, seconds), 60.0)
-                logger.exception("%s failed; trying again in %s seconds.", what, delay)
 
     # -- connection ------------------------------------------------------------------------
     async def _authenticate(self, environ: dict, auth: Any) -> Principal:
@@ -166,6 +157,7 @@ class Realtime:
 
     async def on_disconnect(self, sid: str, *args: Any) -> None:
         self.fanout.remove(sid)
+        self.dashboard.left(sid)
 
     async def disconnect_credential(self, *, session_id: str | None = None, token_id: int | None = None) -> None:
         """Disconnect this node's sockets that use a session or token that just ended."""
@@ -307,7 +299,13 @@ class Realtime:
         return {"recovered": False, "reason": reason}
 
     async def on_subscribe(self, state: SocketState, data: Any) -> dict:
-        """Join `job:<id>` (app-status updates of one job) after an ownership check."""
+        """Join `job:<id>` (app-status updates of one job) after an ownership check; or, with
+        `{"dashboard": true}`, get the pipeline summary now and `dashboard-summary` after changes."""
+        if _dashboard(data):
+            key = None if state.principal.is_admin else state.principal.user_id
+            await self.sio.enter_room(state.sid, dashboard_room(key))
+            self.dashboard.joined(state.sid, key)
+            return {"ok": True, "summary": await self.dashboard.summary(key)}
         job_id = await self._owned_job(state, data)
         if isinstance(job_id, dict):
             return job_id
@@ -319,6 +317,11 @@ class Realtime:
         return {"ok": True}
 
     async def on_unsubscribe(self, state: SocketState, data: Any) -> dict:
+        if _dashboard(data):
+            key = None if state.principal.is_admin else state.principal.user_id
+            await self.sio.leave_room(state.sid, dashboard_room(key))
+            self.dashboard.left(state.sid)
+            return {"ok": True}
         job_id = await self._owned_job(state, data)
         if isinstance(job_id, dict):
             return job_id
@@ -328,7 +331,8 @@ class Realtime:
 
     async def _owned_job(self, state: SocketState, data: Any) -> str | dict:
         if not isinstance(data, dict) or not isinstance(data.get("job_id"), str) or len(data["job_id"]) > 64:
-            return error_ack("validation_error", "Send {\"job_id\": \"<uuid>\"}")
+            return error_ack("validation_error", "Send {\"job_id\": \"<uuid>\"} (or, to subscribe to the "
+                                                  "pipeline summary, {\"dashboard\": true})")
         p = state.principal
         job = await self.jobs.get_for(parse_job_id(data["job_id"]), p.user_id, p.is_admin)
         return job["job_id"]
@@ -360,6 +364,11 @@ class Realtime:
 
     async def _prune_alerts(self) -> None:
         await self.alerts.prune(now_ms() - self.settings.event_retention_days * 86_400_000)
+
+
+def _dashboard(data: Any) -> bool:
+    """A subscribe or unsubscribe about the dashboard summary: `{"dashboard": true}`."""
+    return isinstance(data, dict) and data.get("dashboard") is True and "job_id" not in data
 
 
 def create_socketio_server(settings: Settings) -> socketio.AsyncServer:
