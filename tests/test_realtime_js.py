@@ -129,3 +129,33 @@ async def test_the_official_javascript_client_connects_subscribes_and_gets_live_
     finally:
         for client in (browser, wallboard, refused):
             await client.close()
+
+
+async def test_the_official_javascript_client_gets_pipeline_updates_of_its_own_user_only(node, server, alice, bob):
+    from pipelines_client import BUILD, JOBS
+
+    alice_agent = server.client(token=await asyncio.to_thread(server.create_token, alice, "agent"))
+    bob_agent = server.client(token=await asyncio.to_thread(server.create_token, bob, "agent"))
+    listener = await NodeClient.start(node, url=server.url, token=await asyncio.to_thread(server.create_token, alice,
+                                                                                           "read"),
+                                      transports=["websocket"])
+    try:
+        await listener.wait_for(lambda x: x["type"] == "connect", what="the client to connect")
+        subscribed = await listener.call("subscribe", {"dashboard": True})
+        assert subscribed["ok"] is True and subscribed["summary"]["jobs_running"] == 0
+        bobs = (await asyncio.to_thread(bob_agent.post, JOBS, json=BUILD)).json()["job"]
+        mine = (await asyncio.to_thread(alice_agent.post, JOBS, json={**BUILD, "agent_id": "ci-7"})).json()["job"]
+        done = await asyncio.to_thread(alice_agent.http.patch, f"{JOBS}/{mine['job_id']}/complete",
+                                       json={"exit_code": 0})
+        await listener.wait_for(lambda x: x["type"] == "event" and x["name"] == "pipeline-update"
+                                and x["data"]["job"]["status"] == "success", what="the job's success")
+        updates = listener.events("pipeline-update")
+        assert [(u["event_id"], u["kind"]) for u in updates] == [(1, "created"), (2, "status")]
+        assert updates[0]["job"] == mine and updates[1]["job"] == done.json()["job"]
+        assert all(u["job"]["job_id"] != bobs["job_id"] for u in updates)
+        await listener.wait_for(lambda x: x["type"] == "event" and x["name"] == "dashboard-summary"
+                                and x["data"]["recent_jobs"] == [], what="the summary after the job finished")
+        replay = await listener.call("resume", {"last_event_id": 0})
+        assert replay["replayed"] == 2 and listener.events("pipeline-update")[2:] == updates
+    finally:
+        await listener.close()
