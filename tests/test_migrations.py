@@ -57,6 +57,39 @@ def test_a_version_1_database_is_upgraded_and_keeps_every_row(backend, tmp_path)
             handle.drop()
 
 
+async def _to_v2(db) -> None:
+    """A database as schema version 2 left it: no counters, no live services, deployments without
+    failure_reason; one deployment in it."""
+    await db.execute("DROP TABLE pipeline_counts")
+    await db.execute("DROP TABLE live_services")
+    await db.execute("ALTER TABLE deployments DROP COLUMN failure_reason")
+    await db.execute("UPDATE schema_version SET version = 2")
+    await db.execute(
+        "INSERT INTO deployments (id, user_id, service_name, version, status, regression_checked, created_at, "
+        "updated_at) VALUES ('00000000-0000-4000-8000-000000000002', 1, 'api', '1.0', 'pending', false, 5, 6)")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_version_2_database_gets_the_pipeline_counters_and_failure_reasons(backend, tmp_path):
+    from server.db import SCHEMA_VERSION, migrate
+
+    url, handle = database_url(backend, tmp_path)
+    try:
+        on_database(url, _build_v1, migrated=True)
+        on_database(url, migrate, migrated=True)
+        on_database(url, _to_v2, migrated=True)
+        assert on_database(url, migrate, migrated=True) == 2
+        assert db_rows(url, "SELECT version FROM schema_version") == [(SCHEMA_VERSION,)]
+        assert db_rows(url, "SELECT id, failure_reason FROM deployments") == [
+            ("00000000-0000-4000-8000-000000000002", None)]
+        assert db_rows(url, "SELECT COUNT(*) FROM pipeline_counts") == [(0,)]
+        assert db_rows(url, "SELECT COUNT(*) FROM live_services") == [(0,)]
+        assert on_database(url, migrate, migrated=True) == SCHEMA_VERSION
+    finally:
+        if handle is not None:
+            handle.drop()
+
+
 def test_a_database_newer_than_the_server_is_refused(tmp_path):
     from server.db import SCHEMA_VERSION, migrate
 
