@@ -428,3 +428,27 @@ def test_a_silent_running_job_times_out_once_across_nodes(make_server):
     error(patch(api, f"{JOBS}/{silent['job_id']}", {}), 409)
     # an agent that comes back and reports the timeout gets the job as it is
     assert patch(api, f"{JOBS}/{silent['job_id']}/complete", {"status": "timeout"}).json() == {"job": timed_out}
+
+
+def test_the_api_description_has_every_dashboard_route_with_its_models(server):
+    spec = server.client().get("/openapi.json").json()
+    paths = {path: set(operations) for path, operations in spec["paths"].items() if path.startswith("/api/dashboard")}
+    assert paths == {
+        "/api/dashboard/jobs": {"get", "post"}, "/api/dashboard/jobs/running": {"get"},
+        "/api/dashboard/jobs/agent/{agent_id}": {"get"}, "/api/dashboard/jobs/{job_id}": {"get", "patch"},
+        "/api/dashboard/jobs/{job_id}/complete": {"patch"}, "/api/dashboard/deployments": {"get", "post"},
+        "/api/dashboard/deployments/service/{service_name}": {"get"},
+        "/api/dashboard/deployments/{deployment_id}": {"get"},
+        **{f"/api/dashboard/deployments/{{deployment_id}}/{step}": {"post"}
+           for step in ("staging", "production", "rollback", "fail")},
+        "/api/dashboard/deployments/{deployment_id}/metrics": {"patch"}, "/api/dashboard/summary": {"get"},
+    }
+    create = spec["paths"]["/api/dashboard/jobs"]["post"]
+    assert create["requestBody"]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/NewPipelineJob"}
+    assert "201" in create["responses"]
+    schemas = spec["components"]["schemas"]
+    assert schemas["NewPipelineJob"]["additionalProperties"] is False
+    assert schemas["NewPipelineJob"]["properties"]["tags"]["maxItems"] == 50
+    assert set(schemas["PipelineJob"]["properties"]) == set(report(agent(server, server.create_user(
+        f"oa-{uuid.uuid4().hex[:8]}"))))

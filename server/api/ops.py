@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pydantic.json_schema import models_json_schema
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse
 from starlette.routing import Route
@@ -41,19 +42,32 @@ async def metrics(request: Request) -> PlainTextResponse:
 
 
 async def openapi(request: Request) -> OrjsonResponse:
-    """A description of every HTTP route, generated from the routes and their docstrings."""
+    """A description of every HTTP route, generated from the routes, their docstrings and, where a
+    route is `described`, its request and answer models."""
+    routes = [route for route in request.app.routes
+              if getattr(route, "methods", None) and getattr(route, "endpoint", None) is not None]
+    models = {model for route in routes for model in (getattr(route.endpoint, "body_model", None),
+                                                      getattr(route.endpoint, "answer_model", None)) if model}
+    refs, schemas = models_json_schema([(model, "validation") for model in sorted(models, key=lambda m: m.__name__)],
+                                       ref_template="#/components/schemas/{model}")
+
+    def content(model) -> dict:
+        return {"application/json": {"schema": refs[(model, "validation")]}}
+
     paths: dict[str, dict] = {}
-    for route in request.app.routes:
-        methods = getattr(route, "methods", None)
-        endpoint = getattr(route, "endpoint", None)
-        if not methods or endpoint is None:
-            continue
+    for route in routes:
+        endpoint = route.endpoint
         summary = (endpoint.__doc__ or "").strip().splitlines()[0] if endpoint.__doc__ else ""
-        for method in sorted(methods - {"HEAD"}):
-            paths.setdefault(route.path, {})[method.lower()] = {
-                "summary": summary, "responses": {"200": {"description": "OK"}}}
-    return OrjsonResponse({"openapi": "3.0.3", "info": {"title": "Job Monitor", "version": "1.0"},
-                         "paths": paths})
+        answer = {"description": "OK"}
+        if getattr(endpoint, "answer_model", None):
+            answer["content"] = content(endpoint.answer_model)
+        for method in sorted(route.methods - {"HEAD"}):
+            operation = {"summary": summary, "responses": {str(getattr(endpoint, "answer_status", 200)): answer}}
+            if getattr(endpoint, "body_model", None):
+                operation["requestBody"] = {"required": True, "content": content(endpoint.body_model)}
+            paths.setdefault(route.path, {})[method.lower()] = operation
+    return OrjsonResponse({"openapi": "3.1.0", "info": {"title": "Job Monitor", "version": "1.0"},
+                           "paths": paths, "components": {"schemas": schemas.get("$defs", {})}})
 
 
 def routes() -> list[Route]:
