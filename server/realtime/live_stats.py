@@ -9,15 +9,11 @@ sockets their current figures.
 
 from __future__ import annotations
 
-import asyncio
-import logging
-
 from server.db import Db
+from server.realtime.coalesce import Coalesced
 from server.realtime.emitter import ADMINS_ROOM, Emitter, stats_room
 from server.realtime.fanout import Fanout
 from server.stats.live import job_stats
-
-logger = logging.getLogger(__name__)
 
 STATS_MIN_GAP = 0.5  # seconds between change-triggered job-stats of one user (or of the admins)
 
@@ -30,18 +26,13 @@ class LiveStats:
         self.emitter = emitter
         self.fanout = fanout  # which sockets this node has
         self.multi_node = multi_node  # with Redis, sockets on other nodes may want a push
-        self._timers: dict[int | None, asyncio.Task] = {}  # None: the admins' all-users figures
-        self._last: dict[int | None, float] = {}
+        self._pushes = Coalesced(STATS_MIN_GAP, self._push, "job-stats")  # key None: the admins' figures
 
     def __repr__(self) -> str:
-        return f"LiveStats(pending={len(self._timers)})"
+        return f"LiveStats(pending={self._pushes.pending})"
 
     async def stop(self) -> None:
-        tasks = list(self._timers.values())
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        self._timers.clear()
+        await self._pushes.stop()
 
     async def job_events(self, events: list[dict]) -> None:
         """The job store's subscriber: a created or finished job changes its owner's figures."""
@@ -51,27 +42,13 @@ class LiveStats:
 
     def changed(self, user_id: int) -> None:
         for key in (user_id, None):
-            if key not in self._timers:
-                self._timers[key] = asyncio.create_task(self._push_later(key))
+            self._pushes.changed(key)
 
-    async def _push_later(self, key: int | None) -> None:
-        loop = asyncio.get_running_loop()
-        try:
-            await asyncio.sleep(max(0.0, self._last.get(key, float("-inf")) + STATS_MIN_GAP - loop.time()))
-            self._last[key] = loop.time()
-            # a change from now on schedules another push
-            self._timers.pop(key, None)
-            room = ADMINS_ROOM if key is None else stats_room(key)
-            if not self.multi_node and not self._has_local(key):
-                return  # nobody would get it
-            await self.emitter.emit("job-stats", await job_stats(self.db, key), room)
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            logger.exception("pushing job-stats for %s failed", "admins" if key is None else f"user {key}")
-        finally:
-            if self._timers.get(key) is asyncio.current_task():
-                del self._timers[key]
+    async def _push(self, key: int | None) -> None:
+        if not self.multi_node and not self._has_local(key):
+            return  # nobody would get it
+        room = ADMINS_ROOM if key is None else stats_room(key)
+        await self.emitter.emit("job-stats", await job_stats(self.db, key), room)
 
     def _has_local(self, key: int | None) -> bool:
         if key is None:
@@ -86,6 +63,4 @@ class LiveStats:
                                     this_node_only=True)
         if self.fanout.admins:
             await self.emitter.emit("job-stats", await job_stats(self.db, None), ADMINS_ROOM, this_node_only=True)
-        cutoff = asyncio.get_running_loop().time() - 60
-        for key in [k for k, at in self._last.items() if at < cutoff]:
-            del self._last[key]
+        self._pushes.forget_older(60)
