@@ -25,6 +25,9 @@ from server.db.databases_compat import (
 INTEGRITY_ERRORS = (sa.exc.IntegrityError, sqlite3.IntegrityError,
                     asyncpg.exceptions.IntegrityConstraintViolationError)
 
+SQLITE_IDLE_CONNECTIONS = 64
+
+
 class DatabaseUnavailable(Exception):
     """The database named by JOBMON_DATABASE_URL could not be opened."""
 
@@ -81,7 +84,9 @@ class Db:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
             with sqlite3.connect(path) as conn:
                 conn.execute("PRAGMA journal_mode=WAL")
-            self._sqlite_pool = ReusingSQLitePool(path)
+            # as many idle connections as requests run at once: past it each request would open and
+            # close a connection (a thread and two PRAGMAs) of its own
+            self._sqlite_pool = ReusingSQLitePool(path, max_idle=SQLITE_IDLE_CONNECTIONS)
             # databases opens a new aiosqlite connection (and thread) per use; reuse them instead
             install_sqlite_pool(self.database, self._sqlite_pool)
         await self.database.connect()
