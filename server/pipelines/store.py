@@ -162,17 +162,20 @@ class PipelineStore:
             except Exception:  # a broken subscriber must not fail the change
                 logger.exception("pipeline event subscriber %r failed", subscriber)
 
-    async def _count(self, user_id: int, name: str, delta: int) -> None:
+    async def _count(self, user_id: int, deltas: dict[str, int]) -> None:
+        """Add to the user's counters, in one statement."""
+        rows = ", ".join(f"(:u, :name{i}, :d{i})" for i in range(len(deltas)))
+        params: dict = {"u": user_id}
+        for i, (name, delta) in enumerate(deltas.items()):
+            params.update({f"name{i}": name, f"d{i}": delta})
         await self.db.raw_fetch(
-            "INSERT INTO pipeline_counts (user_id, name, n) VALUES (:u, :name, :d) "
-            "ON CONFLICT (user_id, name) DO UPDATE SET n = pipeline_counts.n + :d",
-            {"u": user_id, "name": name, "d": delta})
+            f"INSERT INTO pipeline_counts (user_id, name, n) VALUES {rows} "
+            "ON CONFLICT (user_id, name) DO UPDATE SET n = pipeline_counts.n + excluded.n", params)
 
     async def _job_finished(self, job: dict, now: int) -> None:
         """Counters of a pipeline job that has just reached a final status."""
-        await self._count(job["user_id"], "active", -1)
-        if job["status"] in FAILED_PIPELINE:
-            await self._count(job["user_id"], f"failed:{day_of(now)}", 1)
+        failed = {f"failed:{day_of(now)}": 1} if job["status"] in FAILED_PIPELINE else {}
+        await self._count(job["user_id"], {"active": -1, **failed})
 
     # -- reading ---------------------------------------------------------------------------------
     async def _row(self, table: _Table, record_id: str) -> dict | None:
@@ -235,8 +238,7 @@ class PipelineStore:
             async with self.db.transaction():
                 await self.db.raw_fetch(f"INSERT INTO {table.name} ({', '.join(columns)}) VALUES ("
                                         + ", ".join(f":{c}" for c in columns) + ")", row)
-                for name in counters:
-                    await self._count(row["user_id"], name, 1)
+                await self._count(row["user_id"], {name: 1 for name in counters})
                 record = table.shape(row)
                 events = await append_events(self.db, row["user_id"], table.topic, row[table.key], record,
                                              ["created"], row["created_at"])
