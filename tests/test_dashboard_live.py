@@ -6,11 +6,13 @@ changes, coalesced."""
 from __future__ import annotations
 
 import asyncio
+import uuid
 
 import pytest
 
 from pipelines_client import BUILD, JOBS, agent, patch
 from realtime_client import SioClient, session_cookie, start, user_events
+from support import REDIS_URL, require_redis
 
 pytestmark = pytest.mark.asyncio
 
@@ -166,3 +168,28 @@ async def test_the_dashboard_summary_comes_on_subscribe_and_after_changes_coales
     finally:
         for client in (a, b, root, quiet):
             await client.close()
+
+
+@pytest.mark.slow  # two nodes
+@pytest.mark.redis
+@pytest.mark.parametrize("backend", [pytest.param("postgres", marks=pytest.mark.postgres)])
+async def test_reports_to_one_node_are_live_on_another(make_server, backend):
+    require_redis()
+    env = {"REDIS_URL": REDIS_URL, "REDIS_CHANNEL": f"test-{uuid.uuid4().hex[:8]}"}
+    node_a, node_b = make_server(**env), make_server(**env)
+    alice = await asyncio.to_thread(node_a.create_user, "alice")
+    ci = await call(agent, node_a, alice)  # the agent reports to node A...
+    on_b = await SioClient().connect(node_b.url, cookie=session_cookie(node_b.client(alice)))  # ...the browser is on B
+    try:
+        assert (await on_b.call("subscribe", {"dashboard": True}))["summary"]["jobs_running"] == 0
+        job = await report(ci)
+        await complete(ci, job, {"exit_code": 1})
+        await on_b.wait_for(lambda: [d for n, d in records(on_b) if d["job"]["status"] == "failed"],
+                            what="the pipeline-update from node A")
+        assert [(n, d["event_id"], d["kind"]) for n, d in records(on_b)] == [
+            ("pipeline-update", 1, "created"), ("pipeline-update", 2, "status")]
+        await on_b.wait_for(lambda: on_b.of("dashboard-summary")
+                            and on_b.of("dashboard-summary")[-1]["jobs_failed_today"] == 1,
+                            what="the summary computed on node A")
+    finally:
+        await on_b.close()
