@@ -112,27 +112,25 @@ async def pipeline_summary(db: Db, user_id: int | None) -> dict:
     today = day_of(now_ms())
     names = {"active": "active", f"failed:{today}": "failed", f"deployments:{today}": "deployments"}
     marks, params = _marks("n", list(names))
-    of_user = {} if user_id is None else {"user_id": user_id}
-    if user_id is not None:
-        params["u"] = user_id
+    of_user, params["u"] = ("", None) if user_id is None else (" AND user_id = :u", user_id)
     counts = {kind: 0 for kind in names.values()}
-    for name, n in await db.raw_fetch(f"SELECT name, SUM(n) FROM pipeline_counts WHERE name IN ({marks})"
-                                      + (" AND user_id = :u" if user_id is not None else "")
-                                      + " GROUP BY name", params):
+    for name, n in await db.raw_fetch(f"SELECT name, SUM(n) FROM pipeline_counts WHERE name IN ({marks}){of_user} "
+                                      "GROUP BY name", params):
         counts[names[name]] = int(n)
     live: dict[str, dict] = {}
     rows = await db.raw_fetch("SELECT service_name, version, deployment_id, live_at, cluster FROM live_services"
                               + (" WHERE user_id = :u" if user_id is not None else "")
-                              + " ORDER BY service_name, live_at", {"u": user_id} if user_id is not None else {})
+                              + " ORDER BY service_name, live_at", {"u": user_id})
     for service, version, deployment_id, live_at, cluster in rows:  # for admins: the latest of any user
         live[service] = {"version": version, "deployment_id": deployment_id, "live_at": iso(live_at),
                          "cluster": cluster}
+    filters = {} if user_id is None else {"user_id": user_id}
     return {
         "jobs_running": counts["active"],
         "jobs_failed_today": counts["failed"],
         "deployments_today": counts["deployments"],
-        "recent_jobs": [JOBS.shape(r) for r in await _page(db, JOBS, of_user, ACTIVE_PIPELINE, None, RECENT)],
-        "recent_deployments": [DEPLOYMENTS.shape(r) for r in await _page(db, DEPLOYMENTS, of_user, (), None, RECENT)],
+        "recent_jobs": [JOBS.shape(r) for r in await _page(db, JOBS, filters, ACTIVE_PIPELINE, None, RECENT)],
+        "recent_deployments": [DEPLOYMENTS.shape(r) for r in await _page(db, DEPLOYMENTS, filters, (), None, RECENT)],
         "live_by_service": live,
         "as_of": iso(now_ms()),
     }
