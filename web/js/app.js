@@ -12,6 +12,8 @@ import * as newActionView from './views/new-action.js';
 import * as jobDetailView from './views/job-detail.js';
 import * as scopeView from './views/scope.js';
 import * as statsView from './views/stats.js';
+import * as pipelinesView from './views/pipelines.js';
+import * as deploymentsView from './views/deployments.js';
 import * as tokensView from './views/tokens.js';
 import * as adminView from './views/admin.js';
 import { installTooltips } from './views/widgets.js';
@@ -22,6 +24,8 @@ const ROUTES = [
   { pattern: /^\/new$/, view: newActionView, nav: 'new', title: 'New Set Action' },
   { pattern: /^\/scope(?:\/(customers|apps))?$/, view: scopeView, nav: 'scope', title: 'Scoped views' },
   { pattern: /^\/stats$/, view: statsView, nav: 'stats', title: 'Stats' },
+  { pattern: /^\/pipelines$/, view: pipelinesView, nav: 'pipelines', title: 'Pipelines' },
+  { pattern: /^\/deployments$/, view: deploymentsView, nav: 'deployments', title: 'Deployments' },
   { pattern: /^\/tokens$/, view: tokensView, nav: 'tokens', title: 'Tokens' },
   { pattern: /^\/admin(?:\/([a-z]+))?$/, view: adminView, nav: 'admin', title: 'Admin' },
 ];
@@ -113,7 +117,8 @@ async function logout() {
 }
 
 async function boot() {
-  installAlertToasts(document.getElementById('toasts'), (jobId) => `#/jobs/${encodeURIComponent(jobId)}`);
+  installAlertToasts(document.getElementById('toasts'), (jobId) => `#/jobs/${encodeURIComponent(jobId)}`,
+    '#/deployments');
   bindNotificationButton(document.getElementById('notify-btn'));
   installTooltips();
   document.getElementById('logout-btn').addEventListener('click', logout);

@@ -81,6 +81,57 @@ export function progressText(job) {
   return job.failed ? `${text} (${formatCount(job.failed)} failed)` : text;
 }
 
+// -- pipeline jobs and deployments (reported by CI/CD agents)
+
+export const PIPELINE_STATUSES = ['pending', 'queued', 'running', 'success', 'failed', 'cancelled', 'timeout', 'error'];
+export const PIPELINE_ACTIVE = new Set(['pending', 'queued', 'running']);
+export const DEPLOYMENT_STATUSES = ['pending', 'staging', 'staged', 'production', 'live', 'failed', 'rolled_back'];
+
+/** A pipeline job's or deployment's status as a badge text: "rolled_back" → "ROLLED BACK". */
+export function recordStatusText(status) {
+  return String(status || '').replace(/_/g, ' ').toUpperCase();
+}
+
+/** The CSS class of a pipeline job's or deployment's status badge (prefixed: their statuses overlap
+ * with the Set Action ones but not their colours). */
+export function recordBadgeClass(status) {
+  return `badge badge-rec badge-rec-${String(status || 'unknown').toLowerCase().replace(/[^a-z_-]/g, '')}`;
+}
+
+/** A link target for a URL from an agent: http(s) only (never javascript:, data:, ...), else null. */
+export function safeHttpUrl(text) {
+  if (typeof text !== 'string' || !text) return null;
+  try {
+    const url = new URL(text);
+    return url.protocol === 'http:' || url.protocol === 'https:' ? url.href : null;
+  } catch {
+    return null;
+  }
+}
+
+/** The first 7 characters of a commit SHA. */
+export function shortSha(sha) {
+  return String(sha || '').slice(0, 7);
+}
+
+/** The first line of a commit message, cut to `max` characters. */
+export function firstLine(text, max = 80) {
+  const line = String(text || '').split(/\r?\n/, 1)[0].trim();
+  return line.length > max ? `${line.slice(0, max - 1)}…` : line;
+}
+
+/** Seconds (a pipeline job's duration_seconds) as "850 ms", "4.2 s", "3 min 05 s". */
+export function formatSeconds(seconds) {
+  return seconds === null || seconds === undefined ? '' : formatDuration(Number(seconds) * 1000);
+}
+
+/** Whether an ISO time falls on today's local date. */
+export function isToday(iso, now = new Date()) {
+  if (!iso) return false;
+  const date = new Date(iso);
+  return !Number.isNaN(date.getTime()) && date.toDateString() === now.toDateString();
+}
+
 // -- CIDs: the same rules as server/actions.py, so the confirmation shows the count the server will use
 
 export const CID_PATTERN = /^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$/;

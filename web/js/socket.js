@@ -1,8 +1,11 @@
 // The live connection: Socket.IO on the same origin, its state (live / reconnecting / offline),
-// resuming from the last job event id after a reconnect, and job subscriptions that survive it.
+// resuming from the last event id after a reconnect, and job (and dashboard) subscriptions that
+// survive it.
 
 import { io } from '/web/vendor/socket.io-client/socket.io.esm.min.js';
-import { live, publish, rememberJob, knownJob, session } from './state.js';
+import {
+  live, publish, rememberJob, knownJob, rememberRecord, knownRecord, rememberSummary, session,
+} from './state.js';
 
 const OFFLINE_AFTER_MS = 15_000; // still retrying, but say "offline" after this long without a server
 const REFUSED_RETRY_MS = 20_000; // a refused connection is tried again after this long (wallboards)
@@ -16,6 +19,7 @@ let refusedTimer = null;
 let ticker = null;
 let fetchingEarlierAlerts = false;
 const subscriptions = new Set();
+let dashboardWanted = false; // asked for `dashboard-summary`: asked again after every reconnect
 
 function setState(state, reason = '') {
   if (state === live.state && reason === live.reason) return;
@@ -60,18 +64,46 @@ export function refusalOf(error) {
   return { code, message };
 }
 
+/** Note an event about one of the user's records: its id is the resume point (ids count per user,
+ * over job-update, pipeline-update and deployment-update alike, so only our own records' ids count;
+ * an admin also receives everyone's). */
+function advanceEventId(payload, record) {
+  const own = !session.user || record.user_id === session.user.id;
+  if (own && Number.isInteger(payload.event_id) && payload.event_id > live.lastEventId) {
+    live.lastEventId = payload.event_id;
+  }
+  live.lastDataAt = Date.now();
+}
+
 // Server events: the same functions run for live events and for test-injected ones (dispatch).
 const handlers = {
   'job-update'(payload) {
     if (!payload || !payload.job) return;
     const job = payload.job;
-    const own = !session.user || job.user_id === session.user.id;
-    // event ids count per user: only our own jobs' ids can be resumed from
-    if (own && Number.isInteger(payload.event_id) && payload.event_id > live.lastEventId) {
-      live.lastEventId = payload.event_id;
-    }
-    live.lastDataAt = Date.now();
+    advanceEventId(payload, job);
     if (rememberJob(job)) publish('job', { job: knownJob(job.job_id), kind: payload.kind, eventId: payload.event_id });
+  },
+  'pipeline-update'(payload) {
+    if (!payload || !payload.job || typeof payload.job.job_id !== 'string') return;
+    const job = payload.job;
+    advanceEventId(payload, job);
+    if (rememberRecord('pipeline', job)) {
+      publish('pipeline', { job: knownRecord('pipeline', job.job_id), kind: payload.kind, eventId: payload.event_id });
+    }
+  },
+  'deployment-update'(payload) {
+    if (!payload || !payload.deployment || typeof payload.deployment.id !== 'string') return;
+    const deployment = payload.deployment;
+    advanceEventId(payload, deployment);
+    if (rememberRecord('deployment', deployment)) {
+      publish('deployment', { deployment: knownRecord('deployment', deployment.id), kind: payload.kind,
+        eventId: payload.event_id });
+    }
+  },
+  'dashboard-summary'(payload) {
+    if (!rememberSummary(payload)) return;
+    live.lastDataAt = Date.now();
+    publish('summary', payload);
   },
   'job-stats'(payload) {
     live.lastDataAt = Date.now();
@@ -97,6 +129,7 @@ export function dispatch(event, payload) {
 
 async function afterConnect(first, downSince) {
   for (const jobId of subscriptions) socket.emit('subscribe', { job_id: jobId });
+  if (dashboardWanted) askForDashboard();
   request('get-stats').then((stats) => handlers['job-stats'](stats)).catch(() => {});
   if (!first) publish('reconnected', {});
   if (options.resume && live.lastEventId > 0) {
@@ -198,6 +231,7 @@ export function disconnect() {
     socket = null;
   }
   subscriptions.clear();
+  dashboardWanted = false;
 }
 
 /** Send an event and wait for its ack; rejects when not connected or on timeout. */
@@ -220,6 +254,20 @@ export async function unsubscribeJob(jobId) {
   subscriptions.delete(jobId);
   if (!socket || !socket.connected) return { ok: true };
   return request('unsubscribe', { job_id: jobId }).catch(() => ({ ok: false }));
+}
+
+function askForDashboard() {
+  return request('subscribe', { dashboard: true }).then((ack) => {
+    if (ack && ack.summary) handlers['dashboard-summary'](ack.summary);
+    return ack;
+  }).catch(() => ({ ok: false }));
+}
+
+/** Receive `dashboard-summary` (answered at once with the current one); kept across reconnects. */
+export async function subscribeDashboard() {
+  dashboardWanted = true;
+  if (!socket || !socket.connected) return { pending: true };
+  return askForDashboard();
 }
 
 /** Whether the socket is connected now. */

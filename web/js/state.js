@@ -12,7 +12,8 @@ export function on(topic, handler) {
   return () => bus.removeEventListener(topic, listener);
 }
 
-/** Publish on a bus topic: 'job', 'stats', 'alert', 'appstatus', 'resync', 'connection', 'session'. */
+/** Publish on a bus topic: 'job', 'pipeline', 'deployment', 'summary', 'stats', 'alert', 'appstatus',
+ * 'resync', 'connection', 'session'. */
 export function publish(topic, detail) {
   bus.dispatchEvent(new CustomEvent(topic, { detail }));
 }
@@ -63,9 +64,56 @@ export function rememberJob(job) {
   return true;
 }
 
+// Pipeline jobs and deployments (reported by CI/CD agents): the latest version of each seen, so a
+// REST page fetched while events arrive never shows an older version over a newer one.
+const FINAL_RECORD_STATUSES = {
+  pipeline: new Set(['success', 'failed', 'cancelled', 'timeout', 'error']),
+  deployment: new Set(['failed', 'rolled_back']),
+};
+const RECORD_KEYS = { pipeline: 'job_id', deployment: 'id' };
+const records = { pipeline: new Map(), deployment: new Map() };
+
+/** The latest version of a pipeline job ('pipeline', job_id) or deployment ('deployment', id) seen. */
+export function knownRecord(kind, id) {
+  return records[kind].get(id);
+}
+
+/** Remember a pipeline job or deployment from a REST answer or an event; true when it is news. */
+export function rememberRecord(kind, record) {
+  const map = records[kind];
+  const id = record[RECORD_KEYS[kind]];
+  const current = map.get(id);
+  if (current) {
+    const final = FINAL_RECORD_STATUSES[kind];
+    if (final.has(current.status) && !final.has(record.status)) return false;
+    const a = Date.parse(record.updated_at) || 0;
+    const b = Date.parse(current.updated_at) || 0;
+    if (a < b) return false;
+  }
+  map.delete(id);
+  map.set(id, record);
+  if (map.size > MAX_JOBS) map.delete(map.keys().next().value);
+  return true;
+}
+
+/** The last `dashboard-summary` (pipeline and deployment figures, what is live per service). */
+export const dashboard = { summary: null };
+
+/** Keep a summary (pushed or fetched) unless a newer one is known; true when it is kept. */
+export function rememberSummary(summary) {
+  if (!summary || typeof summary !== 'object') return false;
+  const current = dashboard.summary;
+  if (current && String(summary.as_of || '') < String(current.as_of || '')) return false;
+  dashboard.summary = summary;
+  return true;
+}
+
 /** Forget everything about the last user (on logout). */
 export function resetState() {
   jobs.clear();
+  records.pipeline.clear();
+  records.deployment.clear();
+  dashboard.summary = null;
   session.user = null;
   session.csrf = null;
   live.lastEventId = 0;

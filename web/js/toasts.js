@@ -13,6 +13,7 @@ const KIND_TITLES = {
   job_partial: 'Job partly failed',
   job_stuck: 'Job stuck',
   cluster_failing: 'Cluster failing',
+  deploy_regression: 'Deploy regression',
 };
 
 let container = null;
@@ -56,8 +57,9 @@ export async function toggleNotifications() {
   return permission === 'granted';
 }
 
-/** Show `job-alert` events as toasts in `node`; jobLink(id) gives the link to an alert's job. */
-export function installAlertToasts(node, jobLink = null) {
+/** Show `job-alert` events as toasts in `node`; jobLink(id) gives the link to an alert's job,
+ * deploymentsLink the link for an alert about a deployment (deploy_regression). */
+export function installAlertToasts(node, jobLink = null, deploymentsLink = null) {
   container = node;
   return on('alert', (alert) => {
     if (!alert || typeof alert !== 'object') return;
@@ -68,9 +70,10 @@ export function installAlertToasts(node, jobLink = null) {
     if (alert.earlier) return; // raised before the page opened, fetched for its alert list: not news
     const title = KIND_TITLES[alert.kind] || 'Alert';
     const when = alert.at ? ` (${formatTime(alert.at)})` : '';
-    const href = alert.job_id && jobLink ? jobLink(alert.job_id) : null;
+    const aboutDeployment = alert.kind === 'deploy_regression';
+    const href = aboutDeployment ? deploymentsLink : (alert.job_id && jobLink ? jobLink(alert.job_id) : null);
     toast({ severity: alert.severity === 'critical' ? 'critical' : 'warning', title: title + when,
-      message: String(alert.message || ''), href, linkText: 'Open job' });
+      message: String(alert.message || ''), href, linkText: aboutDeployment ? 'Open deployments' : 'Open job' });
     if (notificationsEnabled() && document.visibilityState !== 'visible') {
       try {
         new Notification(`Job Monitor: ${title}`, { body: String(alert.message || ''), tag: String(key) });

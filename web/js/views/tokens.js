@@ -5,6 +5,8 @@ import { clearFieldErrors, el, field, notice, replace, setNotice, showFieldError
 import { formatTime } from '../format.js';
 import { session } from '../state.js';
 
+const AGENT_HINT = 'for CI/CD agents: report pipeline jobs and deployments';
+
 /** A table of tokens with revoke buttons; all=true lists everyone's (admins). */
 export function tokenTable({ all = false, onChange = null } = {}) {
   const status = notice('info');
@@ -51,6 +53,7 @@ export function mount(root) {
   const name = el('input', { id: 'token-name', maxlength: 100, required: true, placeholder: 'Wallboard in the ops room' });
   const scope = el('select', { id: 'token-scope' },
     el('option', { value: 'read', text: 'read – wallboards and alert listeners' }),
+    el('option', { value: 'agent', text: `agent – ${AGENT_HINT}` }),
     el('option', { value: 'write', text: 'write – scripts that start Set Actions' }),
     session.user && session.user.role === 'admin' ? el('option', { value: 'admin', text: 'admin' }) : null);
   const status = notice('error');
@@ -84,7 +87,10 @@ export function mount(root) {
       replace(created, el('p', {}, el('strong', { text: `Token "${token.name}" (${token.scope})` }),
         ' – copy it now, it is not shown again.'), el('div', { class: 'row' }, secret, copy),
       token.scope === 'read' ? el('p', {}, el('a', { href: `/wallboard#token=${encodeURIComponent(token.token)}`,
-        id: 'token-wallboard', target: '_blank', rel: 'noopener', text: 'Open the wallboard with this token' })) : null);
+        id: 'token-wallboard', target: '_blank', rel: 'noopener', text: 'Open the wallboard with this token' })) : null,
+      token.scope === 'agent' ? el('p', { class: 'hint', id: 'token-agent-hint', text: 'Give it to the agent as '
+        + '"Authorization: Bearer <token>"; it reports to /api/dashboard/jobs and /api/dashboard/deployments, '
+        + 'shown under Pipelines and Deployments.' }) : null);
       created.hidden = false;
       name.value = '';
       table.load();
