@@ -39,7 +39,7 @@ test: setup
 
 # The README's screenshots (docs/*.png), taken by the browser tests.
 screenshots: setup
-	JOBMON_SCREENSHOTS=docs $(PY) -m pytest tests/test_browser.py
+	JOBMON_SCREENSHOTS=docs $(PY) -m pytest tests/test_browser.py tests/test_browser_pipelines.py
 
 # Benchmarks print their figures; run on demand, e.g. `make bench BENCH=core`.
 bench: setup
