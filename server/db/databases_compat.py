@@ -8,6 +8,9 @@ method, adapt this module, record the new hash.
 - `ReusingSQLitePool` replaces `SQLiteBackend._pool`: `databases` opens a new aiosqlite
   connection (and thread) per use, which costs milliseconds per query.
 - `ImmediateConnection` turns BEGIN into BEGIN IMMEDIATE (see its docstring).
+- `run_on_connection_thread` runs a callable on an aiosqlite connection's thread with its
+  sqlite3 connection (`Connection._execute`, `_connection`): a whole batch of write units in one
+  trip (server/db/units.py).
 - `release_cancelled_connection` frees the task's connection when BEGIN/COMMIT/ROLLBACK was
   cancelled mid-way: `databases` would otherwise never release it.
 """
@@ -36,6 +39,10 @@ CHECKED_SOURCES = {
     # ImmediateConnection overrides execute and is built like its parent
     "aiosqlite.core.Connection.execute": "da3192696f31097700d37c73e2e21506b7eb2342db76991b0179e8b22d1f360c",
     "aiosqlite.core.Connection.__init__": "3aed416ac99323f1df06749851cebf16d34877b4bd38dc76f1f730e5a0809eac",
+    # run_on_connection_thread: `_execute` queues a callable for the thread, which runs it and
+    # resolves the future with its result or exception; `_connection` is the sqlite3 connection
+    "aiosqlite.core.Connection._execute": "11f83d6bbbe803e390def4a083f1f5797f96a66a3a916c90f7411053ca314f21",
+    "aiosqlite.core._connection_worker_thread": "17e364bc23e051c3b645d00675390cffd7511c64a5f2f44d1f6ccc980461032b",
 }
 
 
@@ -94,6 +101,20 @@ class ReusingSQLitePool:
 def install_sqlite_pool(database: Database, pool: ReusingSQLitePool) -> None:
     """Make a SQLite `Database` take its connections from `pool` (before `connect()`)."""
     database._backend._pool = pool  # type: ignore[attr-defined]
+
+
+async def run_on_connection_thread(connection: aiosqlite.Connection, fn, *args):
+    """`fn(sqlite3_connection, *args)` on the connection's own thread, in one trip; its result.
+
+    The callable runs to its end even when the awaiting task is cancelled."""
+    return await connection._execute(_with_connection, connection, fn, args)
+
+
+def _with_connection(connection: aiosqlite.Connection, fn, args):
+    conn = connection._connection
+    if conn is None:
+        raise ValueError("no active connection")
+    return fn(conn, *args)
 
 
 async def release_cancelled_connection(database: Database, is_sqlite: bool) -> None:

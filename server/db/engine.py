@@ -9,6 +9,7 @@ import functools
 import re
 import sqlite3
 from pathlib import Path
+from typing import Any, Awaitable, Callable
 
 import asyncpg
 import sqlalchemy as sa
@@ -20,6 +21,7 @@ from server.db.databases_compat import (
     install_sqlite_pool,
     release_cancelled_connection,
 )
+from server.db.units import Unit, WriteBatcher, drive_async
 
 # What a unique or foreign-key violation raises: `databases` passes the driver's own exception on
 INTEGRITY_ERRORS = (sa.exc.IntegrityError, sqlite3.IntegrityError,
@@ -65,6 +67,8 @@ class Db:
                                          {"min_size": 2, "max_size": 20, "reset": _keep_session}))
         self._sqlite_pool: ReusingSQLitePool | None = None
         self._write_lock = asyncio.Lock()
+        self.batcher: WriteBatcher | None = None  # SQLite: group commit of write units
+        self._after_cancel: set[asyncio.Future] = set()
 
     def __repr__(self) -> str:
         return f"Db({DatabaseURL(self.url).obscure_password!r})"
@@ -89,6 +93,7 @@ class Db:
             self._sqlite_pool = ReusingSQLitePool(path, max_idle=SQLITE_IDLE_CONNECTIONS)
             # databases opens a new aiosqlite connection (and thread) per use; reuse them instead
             install_sqlite_pool(self.database, self._sqlite_pool)
+            self.batcher = WriteBatcher(self.writing, self._sqlite_pool)
         await self.database.connect()
 
     async def ping(self) -> None:
@@ -96,6 +101,8 @@ class Db:
         await self.database.fetch_val("SELECT 1")
 
     async def disconnect(self) -> None:
+        if self.batcher is not None:
+            await self.batcher.close()
         await self.database.disconnect()
         if self._sqlite_pool is not None:
             await self._sqlite_pool.close()
@@ -134,6 +141,53 @@ class Db:
         except asyncio.CancelledError:
             await release_cancelled_connection(self.database, self.is_sqlite)
             raise
+
+    # -- write units (server/db/units.py) -----------------------------------------------------------
+    async def run_unit(self, unit: Unit, then: Callable[[Any], Awaitable[None]] | None = None):
+        """Run a write unit in a transaction of its own (on SQLite: grouped with the other units
+        queued meanwhile, in one trip to a connection's thread) and return its result once committed;
+        `then(result)` is awaited after the commit (even when the caller was cancelled meanwhile: a
+        submitted unit runs to its end, and what follows its commit, such as publishing its events,
+        happens too)."""
+        if self.is_sqlite:
+            if _sqlite_writer.get() is asyncio.current_task():
+                raise RuntimeError("run_unit inside a write transaction: use run_inline")
+            future = self.batcher.submit(unit)
+        else:
+            future = asyncio.ensure_future(self._run_unit_postgres(unit))
+        try:
+            result = await asyncio.shield(future)
+        except asyncio.CancelledError:
+            if not future.done():
+                self._after_cancel.add(future)
+                future.add_done_callback(functools.partial(self._finish_cancelled, then))
+            raise
+        if then is not None:
+            await then(result)
+        return result
+
+    def _finish_cancelled(self, then, future: asyncio.Future) -> None:
+        self._after_cancel.discard(future)
+        if future.cancelled() or future.exception() is not None or then is None:
+            return
+        task = asyncio.ensure_future(then(future.result()))
+        self._after_cancel.add(task)
+        task.add_done_callback(self._after_cancel.discard)
+
+    async def _run_unit_postgres(self, unit: Unit):
+        async with self.database.connection() as connection:
+            raw = connection.raw_connection
+
+            async def fetch(sql: str, params: dict) -> list[tuple]:
+                text, names = _positional(sql)
+                return [tuple(row) for row in await raw.fetch(text, *[params[name] for name in names])]
+
+            async with raw.transaction():
+                return await drive_async(fetch, unit)
+
+    async def run_inline(self, unit: Unit):
+        """Run a write unit statement by statement inside the transaction this task holds."""
+        return await drive_async(self.raw_fetch, unit)
 
     async def fetch_all(self, query, values=None):
         async with self.writing(_writes(query)):

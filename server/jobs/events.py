@@ -29,15 +29,14 @@ def client_event(topic: str, event_id: int, kind: str, record: dict, at: str | N
     return name, {"event_id": event_id, "kind": kind, key: record, "at": at}
 
 
-async def append_events(db: Db, user_id: int, topic: str, record_id: str, record: dict, kinds: list[str],
-                        now: int) -> list[dict]:
-    """Write events about one record, inside the caller's transaction; ids come from the user's
-    counter row. Returns them as they go on the fan-out bus.
+def append_events_unit(user_id: int, topic: str, record_id: str, record: dict, kinds: list[str], now: int):
+    """Write events about one record (a write unit, server/db/units.py, run inside the change's
+    transaction); ids come from the user's counter row. Returns them as they go on the fan-out bus.
 
     The counter's row lock is held until commit, so on PostgreSQL a concurrent writer for the
     same user waits, and a larger id can never commit before a smaller one.
     """
-    (last,), = await db.raw_fetch(
+    (last,), = yield (
         "INSERT INTO event_counters (user_id, last_event_id) VALUES (:u, :n) "
         "ON CONFLICT (user_id) DO UPDATE SET last_event_id = event_counters.last_event_id + :n "
         "RETURNING last_event_id",
@@ -48,13 +47,20 @@ async def append_events(db: Db, user_id: int, topic: str, record_id: str, record
     at = max(now, now_ms())
     events = [{"event_id": first + i, "topic": topic, "kind": kind, "job": record, "user_id": user_id, "at": at}
               for i, kind in enumerate(kinds)]
-    payload = orjson.dumps(record).decode()
-    await db.raw_executemany(
-        "INSERT INTO job_events (user_id, event_id, topic, job_id, kind, payload, created_at) "
-        "VALUES (:u, :e, :t, :j, :k, :p, :at)",
-        [{"u": user_id, "e": e["event_id"], "t": topic, "j": record_id, "k": e["kind"], "p": payload, "at": at}
-         for e in events])
+    params = {"u": user_id, "t": topic, "j": record_id, "p": orjson.dumps(record).decode(), "at": at}
+    values = []
+    for i, event in enumerate(events):
+        values.append(f"(:u, :e{i}, :t, :j, :k{i}, :p, :at)")
+        params[f"e{i}"], params[f"k{i}"] = event["event_id"], event["kind"]
+    yield ("INSERT INTO job_events (user_id, event_id, topic, job_id, kind, payload, created_at) VALUES "
+           + ", ".join(values), params)
     return events
+
+
+async def append_events(db: Db, user_id: int, topic: str, record_id: str, record: dict, kinds: list[str],
+                        now: int) -> list[dict]:
+    """`append_events_unit` inside the transaction the caller holds."""
+    return await db.run_inline(append_events_unit(user_id, topic, record_id, record, kinds, now))
 
 
 class JobEventLog:

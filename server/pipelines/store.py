@@ -1,10 +1,12 @@
 """The pipeline store: pipeline jobs and deployments, their checked transitions, counters and summary.
 
-Every change is one transaction: a conditional UPDATE that only matches a record in a status the
+Every change is one transaction, written as a write unit (server/db/units.py: a generator of
+statements, so on SQLite many agents' changes commit together in one trip to the database
+thread): a conditional UPDATE that only matches a record in a status the
 transition may start from (so of two concurrent calls exactly one wins, on SQLite and PostgreSQL
 alike), the counters behind the summary, and the change's event (`append_events`, topic
-"pipeline" or "deployment", in the user's one event id sequence). After the commit the events go
-to the store's subscribers (the fan-out and the dashboard-summary pusher), as in the job store.
+"pipeline" or "deployment", in the user's one event id sequence). After the commit (never before) the
+events go to the store's subscribers (the fan-out and the dashboard-summary pusher), as in the job store.
 
 When the UPDATE matches nothing, the record is read to say why: missing or another user's (404),
 already where the call would take it with the same values (the agent retried: returned as it is,
@@ -15,7 +17,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from typing import Awaitable, Callable, Mapping, Sequence
+from typing import Awaitable, Callable, Generator, Mapping, Sequence
 
 import orjson
 
@@ -23,7 +25,7 @@ from server.db import INTEGRITY_ERRORS, Db
 from server.db import schema as tables
 from server.errors import BadRequest, Conflict, NotFound
 from server.jobs.cursors import CursorCodec
-from server.jobs.events import append_events
+from server.jobs.events import append_events_unit
 from server.pipelines.models import (
     ACTIVE_PIPELINE,
     FAILED_PIPELINE,
@@ -141,6 +143,95 @@ def _illegal(table: _Table, current: str, requested: str) -> Conflict:
                     details={"current": current, "requested": requested})
 
 
+# -- write units (sans-io: they yield statements and get their rows; see server/db/units.py) ----------
+Unit = Generator[tuple[str, dict], list[tuple], object]
+After = Callable[[dict, int], Unit]
+
+
+def _count_unit(user_id: int, deltas: dict[str, int]) -> Unit:
+    """Add to the user's counters, in one statement."""
+    rows = ", ".join(f"(:u, :name{i}, :d{i})" for i in range(len(deltas)))
+    params: dict = {"u": user_id}
+    for i, (name, delta) in enumerate(deltas.items()):
+        params.update({f"name{i}": name, f"d{i}": delta})
+    yield (f"INSERT INTO pipeline_counts (user_id, name, n) VALUES {rows} "
+           "ON CONFLICT (user_id, name) DO UPDATE SET n = pipeline_counts.n + excluded.n", params)
+
+
+def _job_finished_unit(job: dict, now: int) -> Unit:
+    """Counters of a pipeline job that has just reached a final status."""
+    failed = {f"failed:{day_of(now)}": 1} if job["status"] in FAILED_PIPELINE else {}
+    yield from _count_unit(job["user_id"], {"active": -1, **failed})
+
+
+def _create_unit(table: _Table, row: dict, counters: list[str]) -> Unit:
+    """Insert a record with its counters and `created` event: (record, events)."""
+    columns = list(row)
+    yield (f"INSERT INTO {table.name} ({', '.join(columns)}) VALUES (" + ", ".join(f":{c}" for c in columns) + ")",
+           row)
+    yield from _count_unit(row["user_id"], {name: 1 for name in counters})
+    record = table.shape(row)
+    events = yield from append_events_unit(row["user_id"], table.topic, row[table.key], record, ["created"],
+                                           row["created_at"])
+    return record, events
+
+
+def _change_unit(table: _Table, sql: str, values: dict, record_id: str, kind: str, now: int,
+                 after: After | None) -> Unit:
+    """The conditional UPDATE, what follows from it and its event: (record, events), or (None, [])
+    when nothing matched."""
+    rows = yield (sql, values)
+    if not rows:
+        return None, []
+    record = table.record(rows[0])
+    if after is not None:
+        yield from after(record, now)
+    events = yield from append_events_unit(record["user_id"], table.topic, record_id, record, [kind], now)
+    return record, events
+
+
+def _time_out_unit(sql: str, params: dict, now: int) -> Unit:
+    rows = yield (sql, params)
+    jobs = [JOBS.record(row) for row in rows]
+    events: list[dict] = []
+    for job in jobs:
+        yield from _job_finished_unit(job, now)
+        events += yield from append_events_unit(job["user_id"], JOBS.topic, job["job_id"], job, ["status"], now)
+    return jobs, events
+
+
+def _set_live_unit(user_id: int, service: str, deployment: dict, live_at: int) -> Unit:
+    yield ("INSERT INTO live_services (user_id, service_name, deployment_id, version, cluster, live_at) "
+           "VALUES (:u, :s, :id, :version, :cluster, :live_at) ON CONFLICT (user_id, service_name) DO UPDATE SET "
+           "deployment_id = excluded.deployment_id, version = excluded.version, cluster = excluded.cluster, "
+           "live_at = excluded.live_at",
+           {"u": user_id, "s": service, "id": deployment["id"], "version": deployment["version"],
+            "cluster": deployment["cluster"], "live_at": live_at})
+
+
+def _went_live_unit(deployment: dict, now: int) -> Unit:
+    """This deployment is now what is live for its service (of its user)."""
+    yield from _set_live_unit(deployment["user_id"], deployment["service_name"], deployment, now)
+
+
+def _rolled_back_unit(deployment: dict, now: int) -> Unit:
+    """If it was what is live, the service's previous live deployment is live again (or none)."""
+    rows = yield ("DELETE FROM live_services WHERE deployment_id = :id RETURNING user_id", {"id": deployment["id"]})
+    if not rows:
+        return
+    previous = yield (f"{DEPLOYMENTS.select} WHERE user_id = :u AND service_name = :s AND status = :live "
+                      "ORDER BY live_at DESC, id DESC LIMIT 1",
+                      {"u": deployment["user_id"], "s": deployment["service_name"], "live": D.LIVE.value})
+    if previous:
+        record = dict(zip(DEPLOYMENT_COLUMNS, previous[0]))
+        yield from _set_live_unit(deployment["user_id"], deployment["service_name"], record, record["live_at"])
+
+
+def _rows_unit(sql: str, params: dict) -> Unit:
+    """One statement as a unit: its rows."""
+    return (yield (sql, params))
+
+
 class PipelineStore:
     """Reads and changes pipeline jobs and deployments; every change commits its event with it."""
 
@@ -160,20 +251,15 @@ class PipelineStore:
             except Exception:  # a broken subscriber must not fail the change
                 logger.exception("pipeline event subscriber %r failed", subscriber)
 
-    async def _count(self, user_id: int, deltas: dict[str, int]) -> None:
-        """Add to the user's counters, in one statement."""
-        rows = ", ".join(f"(:u, :name{i}, :d{i})" for i in range(len(deltas)))
-        params: dict = {"u": user_id}
-        for i, (name, delta) in enumerate(deltas.items()):
-            params.update({f"name{i}": name, f"d{i}": delta})
-        await self.db.raw_fetch(
-            f"INSERT INTO pipeline_counts (user_id, name, n) VALUES {rows} "
-            "ON CONFLICT (user_id, name) DO UPDATE SET n = pipeline_counts.n + excluded.n", params)
+    async def _run(self, unit: Unit):
+        """Run a write unit (its own transaction); its events go to the subscribers after the commit.
+        Returns what the unit returned besides its events."""
+        value, _events = await self.db.run_unit(unit, then=self._published)
+        return value
 
-    async def _job_finished(self, job: dict, now: int) -> None:
-        """Counters of a pipeline job that has just reached a final status."""
-        failed = {f"failed:{day_of(now)}": 1} if job["status"] in FAILED_PIPELINE else {}
-        await self._count(job["user_id"], {"active": -1, **failed})
+    async def _published(self, result: tuple) -> None:
+        if result[1]:
+            await self._publish(result[1])
 
     # -- reading ---------------------------------------------------------------------------------
     async def _row(self, table: _Table, record_id: str) -> dict | None:
@@ -231,22 +317,14 @@ class PipelineStore:
             existing = await self._by_idempotency_key(table, row["user_id"], key)
             if existing is not None:
                 return existing, False
-        columns = list(row)
         try:
-            async with self.db.transaction():
-                await self.db.raw_fetch(f"INSERT INTO {table.name} ({', '.join(columns)}) VALUES ("
-                                        + ", ".join(f":{c}" for c in columns) + ")", row)
-                await self._count(row["user_id"], {name: 1 for name in counters})
-                record = table.shape(row)
-                events = await append_events(self.db, row["user_id"], table.topic, row[table.key], record,
-                                             ["created"], row["created_at"])
+            record = await self._run(_create_unit(table, row, counters))
         except INTEGRITY_ERRORS:
             # a concurrent request with the same idempotency key won the race
             existing = await self._by_idempotency_key(table, row["user_id"], key) if key is not None else None
             if existing is None:
                 raise
             return existing, False
-        await self._publish(events)
         return record, True
 
     async def _by_idempotency_key(self, table: _Table, user_id: int, key: str) -> dict | None:
@@ -300,7 +378,7 @@ class PipelineStore:
     # -- changing --------------------------------------------------------------------------------
     async def _change(self, table: _Table, record_id: str, user_id: int, is_admin: bool, *,
                       allowed_from: Sequence[str], sets: str, params: dict, kind: str,
-                      after: Callable[[dict, int], Awaitable[None]] | None = None) -> dict | None:
+                      after: After | None = None) -> dict | None:
         """One conditional UPDATE (the record, visible to the user, in one of `allowed_from`), what
         follows from it (`after`) and its event, in one transaction; None when nothing matched."""
         now = now_ms()
@@ -309,18 +387,9 @@ class PipelineStore:
         owner = ""
         if not is_admin:
             owner, values["u"] = " AND user_id = :u", user_id
-        async with self.db.transaction():
-            rows = await self.db.raw_fetch(
-                f"UPDATE {table.name} SET {sets}, updated_at = :now WHERE {table.key} = :id AND status IN ({marks})"
-                + owner + table.returning, values)
-            if not rows:
-                return None
-            record = table.record(rows[0])
-            if after is not None:
-                await after(record, now)
-            events = await append_events(self.db, record["user_id"], table.topic, record_id, record, [kind], now)
-        await self._publish(events)
-        return record
+        sql = (f"UPDATE {table.name} SET {sets}, updated_at = :now WHERE {table.key} = :id AND status IN ({marks})"
+               + owner + table.returning)
+        return await self._run(_change_unit(table, sql, values, record_id, kind, now, after))
 
     async def update_job(self, job_id: str, user_id: int, is_admin: bool, body: PipelineJobUpdate) -> dict:
         """A status change while the job runs (queued, running, cancelled), or a heartbeat (no status).
@@ -339,7 +408,7 @@ class PipelineStore:
             job = await self._change(
                 JOBS, job_id, user_id, is_admin, allowed_from=ACTIVE_PIPELINE, kind="status",
                 sets="status = :status, finished_at = :now, duration_seconds = (:now - started_at) / 1000.0",
-                params={"status": requested}, after=self._job_finished)
+                params={"status": requested}, after=_job_finished_unit)
         elif requested == P.RUNNING.value:
             started = body.started_ms()
             job = await self._change(
@@ -369,7 +438,7 @@ class PipelineStore:
                  "(:now - started_at) / 1000.0)",
             params={"status": status, "exit_code": body.exit_code, "logs_url": body.logs_url,
                     "error_message": body.error_message, "duration": body.duration_seconds},
-            after=self._job_finished)
+            after=_job_finished_unit)
         if job is not None:
             return job
         current = await self.get_job(job_id, user_id, is_admin)
@@ -386,21 +455,11 @@ class PipelineStore:
         stale = "status = :running AND COALESCE(heartbeat_at, updated_at) < :cutoff"
         params = {"running": P.RUNNING.value, "timeout": P.TIMEOUT.value, "cutoff": cutoff_ms, "now": now,
                   "message": message, "limit": limit}
-        events: list[dict] = []
-        async with self.db.transaction():
-            rows = await self.db.raw_fetch(
-                "UPDATE pipeline_jobs SET status = :timeout, finished_at = :now, updated_at = :now, "
-                "duration_seconds = (:now - started_at) / 1000.0, error_message = COALESCE(error_message, :message) "
-                f"WHERE {stale} AND job_id IN (SELECT job_id FROM pipeline_jobs WHERE {stale} LIMIT :limit)"
-                + JOBS.returning, params)
-            jobs = [JOBS.record(row) for row in rows]
-            for job in jobs:
-                await self._job_finished(job, now)
-                events += await append_events(self.db, job["user_id"], JOBS.topic, job["job_id"], job, ["status"],
-                                              now)
-        if events:
-            await self._publish(events)
-        return jobs
+        sql = ("UPDATE pipeline_jobs SET status = :timeout, finished_at = :now, updated_at = :now, "
+               "duration_seconds = (:now - started_at) / 1000.0, error_message = COALESCE(error_message, :message) "
+               f"WHERE {stale} AND job_id IN (SELECT job_id FROM pipeline_jobs WHERE {stale} LIMIT :limit)"
+               + JOBS.returning)
+        return await self._run(_time_out_unit(sql, params, now))
 
     async def stage(self, deployment_id: str, user_id: int, is_admin: bool, body: DeploymentStep) -> dict:
         """Deployed to staging (`staged`), or being deployed there (`staging`, with in_progress)."""
@@ -421,7 +480,7 @@ class PipelineStore:
             sets, after = "status = :status, production_job_id = :job", None
         else:
             status, allowed = D.LIVE.value, (D.STAGED.value, D.PRODUCTION.value)
-            sets, after = "status = :status, production_job_id = :job, live_at = :now", self._went_live
+            sets, after = "status = :status, production_job_id = :job, live_at = :now", _went_live_unit
         return await self._step(deployment_id, user_id, is_admin, status, allowed, sets, {"job": str(body.job_id)},
                                 same=lambda d: d["production_job_id"] == str(body.job_id), after=after)
 
@@ -430,7 +489,7 @@ class PipelineStore:
         return await self._step(
             deployment_id, user_id, is_admin, D.ROLLED_BACK.value, (D.STAGED.value, D.LIVE.value),
             "status = :status, rolled_back_at = :now, rolled_back_to = :to, rollback_reason = :reason",
-            {"to": body.rolled_back_to, "reason": body.reason}, after=self._rolled_back,
+            {"to": body.rolled_back_to, "reason": body.reason}, after=_rolled_back_unit,
             same=lambda d: d["rolled_back_to"] == body.rolled_back_to and d["rollback_reason"] == body.reason)
 
     async def fail(self, deployment_id: str, user_id: int, is_admin: bool, body: DeploymentFailure) -> dict:
@@ -442,7 +501,7 @@ class PipelineStore:
 
     async def _step(self, deployment_id: str, user_id: int, is_admin: bool, status: str, allowed: Sequence[str],
                     sets: str, params: dict, *, same: Callable[[dict], bool],
-                    after: Callable[[dict, int], Awaitable[None]] | None = None) -> dict:
+                    after: After | None = None) -> dict:
         """A deployment's status change; the same step again (same values) returns it unchanged."""
         deployment = await self._change(DEPLOYMENTS, deployment_id, user_id, is_admin, allowed_from=allowed,
                                         sets=sets, params={**params, "status": status}, kind="status", after=after)
@@ -468,33 +527,6 @@ class PipelineStore:
         current = await self.get_deployment(deployment_id, user_id, is_admin)
         raise _illegal(DEPLOYMENTS, current["status"], "metrics")
 
-    async def _went_live(self, deployment: dict, now: int) -> None:
-        """This deployment is now what is live for its service (of its user)."""
-        await self._set_live(deployment["user_id"], deployment["service_name"], deployment, now)
-
-    async def _rolled_back(self, deployment: dict, now: int) -> None:
-        """If it was what is live, the service's previous live deployment is live again (or none)."""
-        rows = await self.db.raw_fetch("DELETE FROM live_services WHERE deployment_id = :id RETURNING user_id",
-                                       {"id": deployment["id"]})
-        if not rows:
-            return
-        previous = await self.db.raw_fetch(
-            f"{DEPLOYMENTS.select} WHERE user_id = :u AND service_name = :s AND status = :live "
-            "ORDER BY live_at DESC, id DESC LIMIT 1",
-            {"u": deployment["user_id"], "s": deployment["service_name"], "live": D.LIVE.value})
-        if previous:
-            record = dict(zip(DEPLOYMENT_COLUMNS, previous[0]))
-            await self._set_live(deployment["user_id"], deployment["service_name"], record, record["live_at"])
-
-    async def _set_live(self, user_id: int, service: str, deployment: dict, live_at: int) -> None:
-        await self.db.raw_fetch(
-            "INSERT INTO live_services (user_id, service_name, deployment_id, version, cluster, live_at) "
-            "VALUES (:u, :s, :id, :version, :cluster, :live_at) ON CONFLICT (user_id, service_name) DO UPDATE SET "
-            "deployment_id = excluded.deployment_id, version = excluded.version, cluster = excluded.cluster, "
-            "live_at = excluded.live_at",
-            {"u": user_id, "s": service, "id": deployment["id"], "version": deployment["version"],
-             "cluster": deployment["cluster"], "live_at": live_at})
-
     # -- the deploy-regression check ---------------------------------------------------------------
     async def claim_regression_checks(self, live_until_ms: int, live_since_ms: int, limit: int = 100) -> list[dict]:
         """Live deployments on a cluster that went live between the two times and were not checked
@@ -503,9 +535,9 @@ class PipelineStore:
                  "AND regression_checked = :no")
         params = {"live": D.LIVE.value, "since": live_since_ms, "until": live_until_ms, "no": False, "yes": True,
                   "limit": limit}
-        rows = await self.db.raw_fetch(
+        rows = await self.db.run_unit(_rows_unit(
             f"UPDATE deployments SET regression_checked = :yes WHERE {where} AND id IN "
-            f"(SELECT id FROM deployments WHERE {where} ORDER BY live_at LIMIT :limit)" + DEPLOYMENTS.returning, params)
+            f"(SELECT id FROM deployments WHERE {where} ORDER BY live_at LIMIT :limit)" + DEPLOYMENTS.returning, params))
         return [DEPLOYMENTS.record(row) for row in rows]
 
     async def live_before(self, deployment: dict) -> dict | None:

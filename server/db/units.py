@@ -1,0 +1,175 @@
+"""Running write units: a change written once, sans-io, and run by the driver of each backend.
+
+A unit is a generator that yields statements, `(sql, params)` with `:name` parameters (as
+`Db.raw_fetch` takes them), receives each statement's rows (a list of tuples), and returns its
+result (`return value` ends it). It does no I/O of its own, so the same unit runs
+
+- on SQLite, on the thread of a pooled aiosqlite connection: `WriteBatcher` drains every unit
+  queued meanwhile and runs them in ONE trip to that thread: `BEGIN IMMEDIATE`, for each unit a
+  `SAVEPOINT` ... `RELEASE` (a unit that raises is rolled back to its savepoint alone and its
+  caller gets the exception), `COMMIT`. Writes are serialized on SQLite anyway (one writer per
+  file, taking turns through `Db.writing()` in this process); what a change cost was the trips
+  to the connection's thread and the event-loop rounds between them while holding the turn
+  (about ten per change), so a batch pays them once for up to MAX_BATCH changes (group commit);
+- on PostgreSQL, one unit per transaction on one pooled connection, statement by statement
+  (`drive_async`), concurrently with the others (row locks and conditional UPDATEs keep
+  concurrent changes correct there);
+- inside a transaction the caller already holds (`Db.run_inline`), statement by statement.
+
+A unit's statements see the earlier ones of the same batch: one connection, one transaction.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import sqlite3
+from typing import Any, Awaitable, Callable, Generator, TypeVar
+
+from server.db.databases_compat import run_on_connection_thread
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+Statement = tuple[str, dict]
+Unit = Generator[Statement, list[tuple], T]
+
+MAX_BATCH = 256  # units per SQLite transaction
+
+
+def drive_sqlite(conn: sqlite3.Connection, unit: Unit[T]) -> T:
+    """Run a unit on a sqlite3 connection (on its thread), statement by statement."""
+    try:
+        statement = unit.send(None)
+        while True:
+            sql, params = statement
+            try:
+                rows = conn.execute(sql, params).fetchall()
+            except BaseException:
+                unit.close()
+                raise
+            statement = unit.send(rows)
+    except StopIteration as stop:
+        return stop.value
+
+
+async def drive_async(fetch: Callable[[str, dict], Awaitable[list[tuple]]], unit: Unit[T]) -> T:
+    """Run a unit with an async `fetch(sql, params) -> rows`, statement by statement."""
+    try:
+        statement = unit.send(None)
+        while True:
+            try:
+                rows = await fetch(*statement)
+            except BaseException:
+                unit.close()
+                raise
+            statement = unit.send(rows)
+    except StopIteration as stop:
+        return stop.value
+
+
+def run_batch(conn: sqlite3.Connection, units: list[Unit]) -> list[tuple[bool, Any]]:
+    """One SQLite transaction of many units, each in its own savepoint (on the connection's thread).
+
+    Returns (True, result) or (False, exception) per unit; raises (after rolling back everything)
+    when the transaction itself fails."""
+    outcomes: list[tuple[bool, Any]] = []
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        for unit in units:
+            conn.execute("SAVEPOINT unit")
+            try:
+                value = drive_sqlite(conn, unit)
+            except Exception as exc:
+                conn.execute("ROLLBACK TO unit")
+                conn.execute("RELEASE unit")
+                outcomes.append((False, exc))
+            else:
+                conn.execute("RELEASE unit")
+                outcomes.append((True, value))
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+    return outcomes
+
+
+class WriteBatcher:
+    """Group commit on SQLite: one task runs every queued unit, up to MAX_BATCH per transaction.
+
+    `submit` returns a future resolved after the unit's batch committed (or with its exception).
+    The batch runs on the batcher's own task: a caller that is cancelled does not stop it.
+    """
+
+    def __init__(self, writing: Callable[[], Any], pool, max_batch: int = MAX_BATCH):
+        self._writing = writing  # Db.writing: this process's turn to write to SQLite
+        self._pool = pool  # ReusingSQLitePool
+        self.max_batch = max_batch
+        self._queue: collections.deque[tuple[Unit, asyncio.Future]] = collections.deque()
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task | None = None
+        self._closing = False
+        self.batches = 0  # committed transactions (for tests and benchmarks)
+        self.units = 0
+
+    def __repr__(self) -> str:
+        return f"WriteBatcher(queued={len(self._queue)}, batches={self.batches}, units={self.units})"
+
+    def submit(self, unit: Unit) -> asyncio.Future:
+        if self._closing:
+            raise RuntimeError("the database is closed")
+        future = asyncio.get_running_loop().create_future()
+        self._queue.append((unit, future))
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._run(), name="sqlite-write-batcher")
+        self._wake.set()
+        return future
+
+    async def _run(self) -> None:
+        while True:
+            if not self._queue:
+                if self._closing:
+                    return
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            batch = [self._queue.popleft() for _ in range(min(len(self._queue), self.max_batch))]
+            try:
+                outcomes = await self._commit([unit for unit, _ in batch])
+            except asyncio.CancelledError:
+                error = RuntimeError("the database was closed before this write ran")
+                for _, future in [*batch, *self._queue]:
+                    if not future.done():
+                        future.set_exception(error)
+                raise
+            except BaseException as exc:  # the transaction failed: every unit of it did
+                for _, future in batch:
+                    if not future.done():
+                        future.set_exception(exc)
+                continue
+            self.batches += 1
+            self.units += len(batch)
+            for (_, future), (ok, value) in zip(batch, outcomes):
+                if not future.done():
+                    if ok:
+                        future.set_result(value)
+                    else:
+                        future.set_exception(value)
+
+    async def _commit(self, units: list[Unit]) -> list[tuple[bool, Any]]:
+        async with self._writing():
+            connection = await self._pool.acquire()
+            try:
+                return await run_on_connection_thread(connection, run_batch, units)
+            finally:
+                await self._pool.release(connection)
+
+    async def close(self) -> None:
+        """Run what is queued, then stop."""
+        self._closing = True
+        self._wake.set()
+        if self._task is not None:
+            await self._task
+            self._task = None
