@@ -230,7 +230,7 @@ class Accounts:
     async def token_principal(self, token: str) -> Principal | None:
         if not token.startswith(TOKEN_PREFIX) or len(token) > 200:
             return None
-        rows = await self.db.raw_fetch(
+        rows = await self.db.point_read(
             "SELECT t.id, t.scope, t.revoked_at, u.id, u.username, u.role, u.disabled "
             "FROM api_tokens t JOIN users u ON u.id = t.user_id WHERE t.token_hash = :hash",
             {"hash": _hash_token(token)})
