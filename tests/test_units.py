@@ -1,0 +1,153 @@
+"""Write units (server/db/units.py): on SQLite, every unit queued meanwhile commits in one
+transaction (a savepoint each); on PostgreSQL, one transaction per unit. Each caller gets its own
+result or error, and what follows a unit's commit (`then`) happens after the commit only."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+import pytest_asyncio
+
+from server.db import INTEGRITY_ERRORS, Db
+from support import BACKENDS, database_url
+
+
+@pytest_asyncio.fixture(params=BACKENDS)
+async def db(request, tmp_path):
+    url, handle = await asyncio.to_thread(database_url, request.param, tmp_path)  # it runs its own loop
+    database = Db(url)
+    await database.connect()
+    try:
+        await database.execute("CREATE TABLE t (k INTEGER PRIMARY KEY, v TEXT NOT NULL)")
+        await database.execute("CREATE TABLE total (id INTEGER PRIMARY KEY, n INTEGER NOT NULL)")
+        await database.execute("INSERT INTO total (id, n) VALUES (1, 0)")
+        yield database
+    finally:
+        await database.disconnect()
+        if handle is not None:
+            await asyncio.to_thread(handle.drop)
+
+
+def insert_unit(k: int, v: str):
+    """Insert a row and add one to the total; returns (k, the total after it)."""
+    yield ("INSERT INTO t (k, v) VALUES (:k, :v)", {"k": k, "v": v})
+    (n,), = yield ("UPDATE total SET n = n + 1 WHERE id = 1 RETURNING n", {})
+    return k, n
+
+
+async def rows(db: Db) -> list[tuple]:
+    return [tuple(row) for row in await db.raw_fetch("SELECT k, v FROM t ORDER BY k")]
+
+
+@pytest.mark.asyncio
+async def test_concurrent_units_commit_together_each_with_its_own_result(db):
+    before = db.batcher.batches if db.batcher else 0
+    results = await asyncio.gather(*(db.run_unit(insert_unit(k, f"v{k}")) for k in range(100)))
+    assert [k for k, _ in results] == list(range(100))
+    # each unit saw the ones before it in the same transaction: the totals are 1..100, once each
+    assert sorted(n for _, n in results) == list(range(1, 101))
+    assert await rows(db) == [(k, f"v{k}") for k in range(100)]
+    if db.is_sqlite:
+        assert db.batcher.batches - before == 1  # queued in one loop turn: one transaction
+
+
+@pytest.mark.asyncio
+async def test_a_failing_unit_rolls_back_alone(db):
+    await db.run_unit(insert_unit(5, "first"))
+
+    def failing_after_a_write():
+        yield ("UPDATE total SET n = n + 100 WHERE id = 1 RETURNING n", {})
+        raise ValueError("a domain error")
+
+    units = [insert_unit(1, "a"), insert_unit(5, "again"), failing_after_a_write(), insert_unit(7, "b")]
+    outcomes = await asyncio.gather(*(db.run_unit(unit) for unit in units), return_exceptions=True)
+    assert outcomes[0][0] == 1 and outcomes[3][0] == 7
+    assert isinstance(outcomes[1], INTEGRITY_ERRORS)  # the repeated key
+    assert isinstance(outcomes[2], ValueError)
+    assert await rows(db) == [(1, "a"), (5, "first"), (7, "b")]
+    # the failed units' writes are gone (the +100 and the repeated key's +1)
+    assert (await db.raw_fetch("SELECT n FROM total"))[0][0] == 3
+
+
+@pytest.mark.asyncio
+async def test_a_cancelled_caller_does_not_break_the_batch(db):
+    followed: list = []
+
+    async def then(result):
+        followed.append(result)
+
+    tasks = [asyncio.create_task(db.run_unit(insert_unit(k, "x"), then=then)) for k in range(10)]
+    await asyncio.sleep(0)  # every unit is submitted
+    tasks[3].cancel()
+    done = await asyncio.gather(*tasks, return_exceptions=True)
+    assert isinstance(done[3], asyncio.CancelledError)
+    assert [r[0] for i, r in enumerate(done) if i != 3] == [k for k in range(10) if k != 3]
+    for _ in range(50):  # the cancelled caller's `then` runs in the background
+        if len(followed) == 10:
+            break
+        await asyncio.sleep(0.01)
+    assert sorted(k for k, _ in followed) == list(range(10))
+    assert [k for k, _ in await rows(db)] == list(range(10))  # its unit committed too
+    # and the next units run as usual
+    assert (await db.run_unit(insert_unit(10, "y")))[0] == 10
+
+
+@pytest.mark.asyncio
+async def test_results_and_then_come_after_the_commit(db):
+    seen: list = []
+
+    async def then(result):
+        k, _ = result
+        # another connection sees the row: it is committed
+        if db.is_sqlite:
+            seen.append(db._point_reader.execute("SELECT v FROM t WHERE k = :k", {"k": k}).fetchall())
+        else:
+            seen.append(await asyncio.create_task(db.raw_fetch("SELECT v FROM t WHERE k = :k", {"k": k})))
+
+    results = await asyncio.gather(*(db.run_unit(insert_unit(k, f"v{k}"), then=then) for k in range(20)))
+    assert len(results) == 20
+    assert sorted(tuple(r[0]) for r in seen) == sorted((f"v{k}",) for k in range(20))
+
+
+@pytest.mark.asyncio
+async def test_a_failed_commit_fails_every_unit_of_its_batch(tmp_path):
+    """SQLite only: a batch shares one transaction."""
+    db = Db(f"sqlite:///{tmp_path / 'fk.db'}")
+    await db.connect()
+    try:
+        await db.execute("CREATE TABLE p (id INTEGER PRIMARY KEY)")
+        await db.execute("CREATE TABLE c (id INTEGER PRIMARY KEY, "
+                         "p INTEGER REFERENCES p (id) DEFERRABLE INITIALLY DEFERRED)")
+
+        def child(i: int, parent: int):
+            yield ("INSERT INTO c (id, p) VALUES (:i, :p)", {"i": i, "p": parent})
+            return i
+
+        # a deferred foreign key is checked at COMMIT: the whole transaction fails
+        outcomes = await asyncio.gather(db.run_unit(child(1, 1)), db.run_unit(child(2, 99)),
+                                        return_exceptions=True)
+        assert all(isinstance(o, INTEGRITY_ERRORS) for o in outcomes)
+        assert await db.raw_fetch("SELECT id FROM c") == []
+        await db.execute("INSERT INTO p (id) VALUES (1)")
+        assert await db.run_unit(child(3, 1)) == 3  # the batcher goes on
+    finally:
+        await db.disconnect()
+
+
+@pytest.mark.asyncio
+async def test_run_unit_inside_a_transaction_is_refused_and_run_inline_joins_it(tmp_path):
+    db = Db(f"sqlite:///{tmp_path / 'inline.db'}")
+    await db.connect()
+    try:
+        await db.execute("CREATE TABLE t (k INTEGER PRIMARY KEY, v TEXT NOT NULL)")
+        await db.execute("CREATE TABLE total (id INTEGER PRIMARY KEY, n INTEGER NOT NULL)")
+        await db.execute("INSERT INTO total (id, n) VALUES (1, 0)")
+        with pytest.raises(RuntimeError):
+            async with db.transaction():
+                await db.run_unit(insert_unit(1, "a"))
+        async with db.transaction():
+            assert await db.run_inline(insert_unit(2, "b")) == (2, 1)
+        assert await rows(db) == [(2, "b")]
+    finally:
+        await db.disconnect()
