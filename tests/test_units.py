@@ -151,3 +151,38 @@ async def test_run_unit_inside_a_transaction_is_refused_and_run_inline_joins_it(
         assert await rows(db) == [(2, "b")]
     finally:
         await db.disconnect()
+
+
+@pytest.mark.asyncio
+async def test_sqlite_batches_wait_off_the_loop_while_another_process_writes(tmp_path):
+    """A batch runs on the loop's thread only when the write lock is free at once; while another
+    connection (another process) holds it, the batch waits on the connection's thread."""
+    import sqlite3
+
+    path = tmp_path / "busy.db"
+    db = Db(f"sqlite:///{path}")
+    await db.connect()
+    try:
+        await db.execute("CREATE TABLE t (k INTEGER PRIMARY KEY, v TEXT NOT NULL)")
+        await db.execute("CREATE TABLE total (id INTEGER PRIMARY KEY, n INTEGER NOT NULL)")
+        await db.execute("INSERT INTO total (id, n) VALUES (1, 0)")
+        assert await db.run_unit(insert_unit(1, "a")) == (1, 1)
+        on_loop = db.batcher.on_loop_batches
+        assert on_loop >= 1
+        other = sqlite3.connect(path, isolation_level=None)
+        other.execute("BEGIN IMMEDIATE")
+        pending = asyncio.ensure_future(db.run_unit(insert_unit(2, "b")))
+        ticks = 0
+        while ticks < 20:  # the loop keeps turning meanwhile
+            await asyncio.sleep(0.005)
+            ticks += 1
+        assert not pending.done()
+        other.execute("COMMIT")
+        other.close()
+        assert await asyncio.wait_for(pending, 10) == (2, 2)
+        assert db.batcher.on_loop_batches == on_loop  # that batch ran on the connection's thread
+        db.batcher.on_loop = False  # the thread path alone works too
+        assert await db.run_unit(insert_unit(3, "c")) == (3, 3)
+        assert await rows(db) == [(1, "a"), (2, "b"), (3, "c")]
+    finally:
+        await db.disconnect()

@@ -10,7 +10,8 @@ method, adapt this module, record the new hash.
 - `ImmediateConnection` turns BEGIN into BEGIN IMMEDIATE (see its docstring).
 - `run_on_connection_thread` runs a callable on an aiosqlite connection's thread with its
   sqlite3 connection (`Connection._execute`, `_connection`): a whole batch of write units in one
-  trip (server/db/units.py).
+  trip (server/db/units.py); `sqlite_connection` gives the sqlite3 connection itself, for a batch
+  run on the loop's thread while the connection's own thread is idle.
 - `release_cancelled_connection` frees the task's connection when BEGIN/COMMIT/ROLLBACK was
   cancelled mid-way: `databases` would otherwise never release it.
 """
@@ -69,6 +70,7 @@ class ReusingSQLitePool:
         self._idle: list[aiosqlite.Connection] = []
         self._max_idle = max_idle
         self._busy_timeout = busy_timeout
+        self.busy_timeout_ms = int(busy_timeout * 1000)
 
     def _connect(self) -> sqlite3.Connection:
         conn = sqlite3.connect(
@@ -108,6 +110,15 @@ async def run_on_connection_thread(connection: aiosqlite.Connection, fn, *args):
 
     The callable runs to its end even when the awaiting task is cancelled."""
     return await connection._execute(_with_connection, connection, fn, args)
+
+
+def sqlite_connection(connection: aiosqlite.Connection) -> sqlite3.Connection:
+    """The sqlite3 connection under an aiosqlite one, to use on this thread while nothing is queued
+    for its own (a connection taken from the pool: its thread is idle)."""
+    conn = connection._connection
+    if conn is None:
+        raise ValueError("no active connection")
+    return conn
 
 
 def _with_connection(connection: aiosqlite.Connection, fn, args):

@@ -165,7 +165,9 @@ class Db:
         try:
             result = await asyncio.shield(future)
         except asyncio.CancelledError:
-            if not future.done():
+            if future.done():  # committed meanwhile
+                self._finish_cancelled(then, future)
+            else:
                 self._after_cancel.add(future)
                 future.add_done_callback(functools.partial(self._finish_cancelled, then))
             raise
