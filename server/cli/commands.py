@@ -33,8 +33,11 @@ def _serve(args: argparse.Namespace) -> int:
         print("  log in with a user made by: python -m server create-user NAME [--admin]", flush=True)
     if settings.embedded_simulator:
         print(f"  simulated cluster 'sim' at {url}/sim", flush=True)
+    # uvicorn formats an access-log record per request (client address, quoted path) before the
+    # logger drops it: above INFO there is no access log to write, so it is off altogether
+    access_log = settings.log_level in ("DEBUG", "INFO")
     uvicorn.run(app, host=args.host, port=args.port, log_level=settings.log_level.lower(),
-                proxy_headers=args.proxy_headers, **UVICORN_OPTIONS)
+                proxy_headers=args.proxy_headers, access_log=access_log, **UVICORN_OPTIONS)
     return 0
 
 
