@@ -186,3 +186,29 @@ async def test_sqlite_batches_wait_off_the_loop_while_another_process_writes(tmp
         assert await rows(db) == [(1, "a"), (2, "b"), (3, "c")]
     finally:
         await db.disconnect()
+
+
+@pytest.mark.asyncio
+async def test_sqlite_wal_is_checkpointed_off_the_commit(tmp_path):
+    """The pool's connections never checkpoint in a COMMIT; a worker thread does, after writes."""
+    import sqlite3
+
+    db = Db(f"sqlite:///{tmp_path / 'ckpt.db'}")
+    await db.connect()
+    try:
+        await db.execute("CREATE TABLE t (k INTEGER PRIMARY KEY, v TEXT NOT NULL)")
+        await db.execute("CREATE TABLE total (id INTEGER PRIMARY KEY, n INTEGER NOT NULL)")
+        await db.execute("INSERT INTO total (id, n) VALUES (1, 0)")
+        async with db.database.connection() as connection:
+            (autocheckpoint,), = await connection.raw_connection.execute_fetchall("PRAGMA wal_autocheckpoint")
+        assert autocheckpoint == 0
+        for k in range(20):
+            await db.run_unit(insert_unit(k, "x" * 5000))
+            await asyncio.sleep(0.02)
+        await asyncio.sleep(0.05)
+        assert db._checkpointer.checkpoints >= 1
+        # every row is there for a fresh connection
+        with sqlite3.connect(tmp_path / "ckpt.db") as conn:
+            assert conn.execute("SELECT count(*) FROM t").fetchone() == (20,)
+    finally:
+        await db.disconnect()

@@ -78,6 +78,8 @@ class ReusingSQLitePool:
         )
         conn.execute("PRAGMA synchronous=NORMAL")
         conn.execute("PRAGMA foreign_keys=ON")
+        # WalCheckpointer (server/db/units.py) checkpoints on a worker thread instead of a COMMIT
+        conn.execute("PRAGMA wal_autocheckpoint=0")
         return conn
 
     async def acquire(self) -> aiosqlite.Connection:

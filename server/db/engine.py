@@ -21,7 +21,7 @@ from server.db.databases_compat import (
     install_sqlite_pool,
     release_cancelled_connection,
 )
-from server.db.units import Unit, WriteBatcher, drive_async
+from server.db.units import Unit, WalCheckpointer, WriteBatcher, drive_async
 
 # What a unique or foreign-key violation raises: `databases` passes the driver's own exception on
 INTEGRITY_ERRORS = (sa.exc.IntegrityError, sqlite3.IntegrityError,
@@ -68,6 +68,7 @@ class Db:
         self._sqlite_pool: ReusingSQLitePool | None = None
         self._write_lock = asyncio.Lock()
         self.batcher: WriteBatcher | None = None  # SQLite: group commit of write units
+        self._checkpointer: WalCheckpointer | None = None  # SQLite: WAL checkpoints off the loop's thread
         self._point_reader: sqlite3.Connection | None = None  # SQLite: small reads on the loop's thread
         self._after_cancel: set[asyncio.Future] = set()
 
@@ -95,6 +96,7 @@ class Db:
             # databases opens a new aiosqlite connection (and thread) per use; reuse them instead
             install_sqlite_pool(self.database, self._sqlite_pool)
             self.batcher = WriteBatcher(self.writing, self._sqlite_pool)
+            self._checkpointer = WalCheckpointer(path)
             # WAL readers do not wait for the writer; a short busy timeout for the rare cases they do
             self._point_reader = sqlite3.connect(path, isolation_level=None, timeout=0.05, check_same_thread=False)
             self._point_reader.execute("PRAGMA query_only=1")
@@ -107,6 +109,8 @@ class Db:
     async def disconnect(self) -> None:
         if self.batcher is not None:
             await self.batcher.close()
+        if self._checkpointer is not None:
+            await self._checkpointer.close()
         await self.database.disconnect()
         if self._point_reader is not None:
             self._point_reader.close()
@@ -127,6 +131,8 @@ class Db:
                 yield
             finally:
                 _sqlite_writer.reset(token)
+                if self._checkpointer is not None:
+                    self._checkpointer.wrote()
 
     @contextlib.asynccontextmanager
     async def transaction(self):
