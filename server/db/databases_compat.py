@@ -80,6 +80,9 @@ class ReusingSQLitePool:
         conn.execute("PRAGMA foreign_keys=ON")
         # WalCheckpointer (server/db/units.py) checkpoints on a worker thread instead of a COMMIT
         conn.execute("PRAGMA wal_autocheckpoint=0")
+        # the statement journal of each write unit's SAVEPOINT (the original of every page the unit
+        # changes) in memory: past 64 KB SQLite spills it to a temporary file, a syscall per page
+        conn.execute("PRAGMA temp_store=MEMORY")
         return conn
 
     async def acquire(self) -> aiosqlite.Connection:
