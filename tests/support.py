@@ -36,7 +36,9 @@ CHROMIUM = os.environ.get("JOBMON_TEST_CHROMIUM", "/usr/bin/chromium")
 # The database backends every database test runs on (conftest's `backend` fixture, test_admin's `world`,
 # the benchmarks' --backend); a PostgreSQL case skips without PostgreSQL, and fails without it in CI.
 BACKEND_NAMES = ("sqlite", "postgres")
-BACKENDS = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
+# The fast tier (-m "not slow") runs every module's logic on SQLite; the PostgreSQL runs of the
+# same tests (where its locking and types differ) are in the full suite.
+BACKENDS = ["sqlite", pytest.param("postgres", marks=[pytest.mark.postgres, pytest.mark.slow])]
 
 
 # One TLS context for every test client: httpx builds one per client otherwise (about 20 ms each,
