@@ -7,12 +7,17 @@ Socket.IO event a client gets and the key its record travels under.
 
 from __future__ import annotations
 
+import logging
+from typing import Awaitable, Callable, Sequence
+
 import orjson
 import sqlalchemy as sa
 
 from server.db import Db
 from server.db import schema as tables
 from server.timeutil import iso, now_ms
+
+logger = logging.getLogger(__name__)
 
 
 # topic -> (Socket.IO event, key of the record in its payload)
@@ -61,6 +66,17 @@ async def append_events(db: Db, user_id: int, topic: str, record_id: str, record
                         now: int) -> list[dict]:
     """`append_events_unit` inside the transaction the caller holds."""
     return await db.run_inline(append_events_unit(user_id, topic, record_id, record, kinds, now))
+
+
+async def publish_events(subscribers: Sequence[Callable[[list[dict]], Awaitable[None]]], events: list[dict]) -> None:
+    """Hand committed events to each subscriber; a broken subscriber must not fail the change."""
+    if not events:
+        return
+    for subscriber in subscribers:
+        try:
+            await subscriber(events)
+        except Exception:
+            logger.exception("event subscriber %r failed", subscriber)
 
 
 class JobEventLog:

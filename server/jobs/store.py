@@ -21,7 +21,7 @@ from server.db import schema as tables
 from server.errors import BadRequest, Conflict, Forbidden, NotFound
 from server.jobs.catalogue import Action
 from server.jobs.cursors import CursorCodec
-from server.jobs.events import append_events
+from server.jobs.events import append_events, publish_events
 from server.parsing import like_escape
 from server.stats import histogram
 from server.timeutil import day_of, iso, now_ms
@@ -109,11 +109,7 @@ class JobStore:
         self._subscribers = tuple(subscribers)
 
     async def _publish(self, events: list[dict]) -> None:
-        for subscriber in self._subscribers:
-            try:
-                await subscriber(events)
-            except Exception:  # a broken subscriber must not fail the job
-                logger.exception("job event subscriber %r failed", subscriber)
+        await publish_events(self._subscribers, events)
 
     # -- helpers inside a transaction ------------------------------------------------------
     async def _append_events(self, user_id: int, job: dict, kinds: list[str], now: int) -> list[dict]:

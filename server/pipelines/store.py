@@ -25,7 +25,7 @@ from server.db import INTEGRITY_ERRORS, Db
 from server.db import schema as tables
 from server.errors import BadRequest, Conflict, NotFound
 from server.jobs.cursors import CursorCodec
-from server.jobs.events import append_events_unit
+from server.jobs.events import append_events_unit, publish_events
 from server.pipelines.models import (
     ACTIVE_PIPELINE,
     FAILED_PIPELINE,
@@ -245,11 +245,7 @@ class PipelineStore:
         return f"PipelineStore({self.db!r})"
 
     async def _publish(self, events: list[dict]) -> None:
-        for subscriber in self._subscribers:
-            try:
-                await subscriber(events)
-            except Exception:  # a broken subscriber must not fail the change
-                logger.exception("pipeline event subscriber %r failed", subscriber)
+        await publish_events(self._subscribers, events)
 
     async def _run(self, unit: Unit):
         """Run a write unit (its own transaction); its events go to the subscribers after the commit.
