@@ -118,15 +118,19 @@ class Accounts:
                                       .where(u.c.username == username))
         return {"id": row.id, "username": row.username, "role": row.role, "disabled": bool(row.disabled)} if row else None
 
+    async def user(self, user_id: int) -> dict | None:
+        """A user by id: {id, username, role}, or None."""
+        return await self._summary(tables.users.c.id == user_id)
+
     async def find_user(self, raw: str) -> dict | None:
         """A user named by id (digits) or username: {id, username, role}, or None."""
-        u = tables.users
-        query = sa.select(u.c.id, u.c.username, u.c.role)
         if raw.isdigit() and len(raw) <= 12:
-            query = query.where(u.c.id == int(raw))
-        else:
-            query = query.where(u.c.username == raw)
-        row = await self.db.fetch_one(query)
+            return await self.user(int(raw))
+        return await self._summary(tables.users.c.username == raw)
+
+    async def _summary(self, condition) -> dict | None:
+        u = tables.users
+        row = await self.db.fetch_one(sa.select(u.c.id, u.c.username, u.c.role).where(condition))
         return {"id": row.id, "username": row.username, "role": row.role} if row else None
 
     async def usernames(self, user_ids: set[int]) -> dict[int, str]:

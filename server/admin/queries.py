@@ -223,7 +223,7 @@ class AdminQueries:
         row = await self.db.fetch_one(sa.select(j).where(j.c.job_id == job_id))
         if row is None:
             raise NotFound("No such job")
-        owner = await self.accounts.find_user(str(row.user_id))  # {id, username, role} or None
+        owner = await self.accounts.user(row.user_id)  # {id, username, role} or None
         now = now_ms()
         final = JobStatus(row.status) in FINAL_STATUSES
         processing = row.duration_ms if final else (now - row.started_at if row.started_at else None)
