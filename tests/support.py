@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -483,7 +484,10 @@ def db_rows(url: str, sql: str, *args) -> list[tuple]:
         import sqlite3
 
         with contextlib.closing(sqlite3.connect(url[len("sqlite:///"):])) as conn:
-            return [tuple(row) for row in conn.execute(sql.replace("$1", "?"), args).fetchall()]
+            # PostgreSQL's $n parameters as SQLite's ?n; a write is committed
+            rows = [tuple(row) for row in conn.execute(re.sub(r"\$(\d+)", r"?\1", sql), args).fetchall()]
+            conn.commit()
+            return rows
     import asyncpg
 
     async def run():

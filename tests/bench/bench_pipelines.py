@@ -38,7 +38,6 @@ import math
 import multiprocessing
 import os
 import random
-import re
 import shutil
 import socket
 import sqlite3
@@ -57,6 +56,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from server.db import schema as tables
 from server.timeutil import day_of
+from support import db_rows
 
 SECRET = "bench-secret-key-0123456789abcdef"
 DAY_MS = 86_400_000
@@ -143,24 +143,6 @@ def pg_backend_pids(url: str) -> list[int]:
 
     return asyncio.run(run())
 
-
-def db_rows(url: str, sql: str, *args) -> list[tuple]:
-    """Rows of one query (`$1`, `$2`... parameters) on a connection of our own."""
-    if url.startswith("sqlite:///"):
-        with contextlib.closing(sqlite3.connect(url[len("sqlite:///"):])) as conn:
-            rows = [tuple(row) for row in conn.execute(re.sub(r"\$(\d+)", r"?\1", sql), args).fetchall()]
-            conn.commit()
-            return rows
-    import asyncpg
-
-    async def run():
-        conn = await asyncpg.connect(url)
-        try:
-            return [tuple(row) for row in await conn.fetch(sql, *args)]
-        finally:
-            await conn.close()
-
-    return asyncio.run(run())
 
 
 def make_tokens(url: str, specs: list[tuple[int, str, str]]) -> list[str]:
