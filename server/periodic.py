@@ -23,3 +23,27 @@ async def every(seconds: float, what: str, work: Callable[[], Awaitable[object]]
         except Exception:
             delay = min(max(delay * 2, seconds), 60.0)
             logger.exception("%s failed; trying again in %s seconds.", what, delay)
+
+
+class PeriodicTask:
+    """A background task that runs `work` every `seconds` (see `every`), started and stopped with
+    the server."""
+
+    def __init__(self, seconds: float, what: str, work: Callable[[], Awaitable[object]], name: str):
+        self.seconds = seconds
+        self._what = what
+        self._work = work
+        self._name = name
+        self._task: asyncio.Task | None = None
+
+    def __repr__(self) -> str:
+        return f"PeriodicTask({self._what!r}, every {self.seconds:g} s)"
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(every(self.seconds, self._what, self._work), name=self._name)
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None

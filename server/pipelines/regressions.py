@@ -16,11 +16,10 @@ would come too late to act on (a cluster that was down for a day, say).
 
 from __future__ import annotations
 
-import asyncio
 import logging
 
 from server.jobs.store import JobStore
-from server.periodic import every
+from server.periodic import PeriodicTask
 from server.pipelines.store import PipelineStore
 from server.realtime.alerts import AlertKind, Alerts
 from server.timeutil import now_ms, parse_iso
@@ -49,21 +48,18 @@ class DeployRegressions:
         self.window_seconds = window_seconds
         self.rate = rate
         self.min_customers = min_customers
-        self.interval = min(max(window_seconds / 4, 0.05), 30.0)
-        self._task: asyncio.Task | None = None
+        # every quarter of the period, at most every 30 s
+        every = min(max(window_seconds / 4, 0.05), 30.0)  # a quarter of the period, at most 30 s
+        self._periodic = PeriodicTask(every, "deploy regression check", self.check, "jobmon-deploy-regressions")
 
     def __repr__(self) -> str:
         return f"DeployRegressions(window={self.window_seconds:g}s, rate={self.rate:g})"
 
     async def start(self) -> None:
-        self._task = asyncio.create_task(every(self.interval, "deploy regression check", self.check),
-                                         name="jobmon-deploy-regressions")
+        await self._periodic.start()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
+        await self._periodic.stop()
 
     async def check(self) -> list[dict]:
         """Judge every deployment whose window has just passed; return the alerts raised."""

@@ -8,10 +8,9 @@ its `pipeline-update`.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 
-from server.periodic import every
+from server.periodic import PeriodicTask
 from server.pipelines.store import PipelineStore
 from server.timeutil import now_ms
 
@@ -26,21 +25,18 @@ class PipelineTimeouts:
     def __init__(self, pipelines: PipelineStore, timeout_seconds: float):
         self.pipelines = pipelines
         self.timeout_seconds = timeout_seconds
-        self.interval = min(max(timeout_seconds / 4, 0.05), 30.0)
-        self._task: asyncio.Task | None = None
+        # every quarter of the period, at most every 30 s
+        every = min(max(timeout_seconds / 4, 0.05), 30.0)  # a quarter of the period, at most 30 s
+        self._periodic = PeriodicTask(every, "pipeline timeout sweep", self.sweep, "jobmon-pipeline-timeouts")
 
     def __repr__(self) -> str:
         return f"PipelineTimeouts(timeout={self.timeout_seconds:g}s)"
 
     async def start(self) -> None:
-        self._task = asyncio.create_task(every(self.interval, "pipeline timeout sweep", self.sweep),
-                                         name="jobmon-pipeline-timeouts")
+        await self._periodic.start()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
+        await self._periodic.stop()
 
     async def sweep(self) -> int:
         """Time out the jobs silent for longer than the timeout; return how many."""
