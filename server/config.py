@@ -51,6 +51,7 @@ class Settings:
     stuck_after: float = 900.0
     cluster_alert_after: int = 5
     socket_revalidate: float = 5.0
+    catchup_interval: float = 3.0  # seconds between sweeps for events the bus lost; 0: only after a reconnection
     redis_channel: str = "jobmon"
     lease_seconds: float = 15.0
     event_retention_days: int = 30
@@ -203,6 +204,10 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     log_level = env.get(PREFIX + "LOG_LEVEL", "INFO").upper()
     if log_level not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
         raise ConfigError(f"{PREFIX}LOG_LEVEL={log_level!r}: expected DEBUG, INFO, WARNING or ERROR")
+    catchup_interval = _float(env, "CATCHUP_INTERVAL", 3.0)
+    if 0 < catchup_interval < 0.1:
+        raise ConfigError(f"{PREFIX}CATCHUP_INTERVAL={env[PREFIX + 'CATCHUP_INTERVAL']!r}: expected 0 (no periodic "
+                          "catch-up) or a number of seconds >= 0.1")
     return Settings(
         data_dir=data_dir,
         database_url=_database_url(env, data_dir),
@@ -226,6 +231,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         stuck_after=_float(env, "STUCK_AFTER", 900.0, minimum=1.0),
         cluster_alert_after=_int(env, "CLUSTER_ALERT_AFTER", 5, minimum=1, maximum=10_000),
         socket_revalidate=_float(env, "SOCKET_REVALIDATE", 5.0, minimum=0.1),
+        catchup_interval=catchup_interval,
         redis_channel=_channel(env),
         lease_seconds=_float(env, "LEASE_SECONDS", 15.0, minimum=0.5),
         event_retention_days=_int(env, "EVENT_RETENTION_DAYS", 30, minimum=1),

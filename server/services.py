@@ -26,6 +26,7 @@ from server.pipelines.regressions import DeployRegressions
 from server.pipelines.store import PipelineStore
 from server.pipelines.timeouts import PipelineTimeouts
 from server.realtime.alerts import Alerts
+from server.realtime.catchup import BusCatchUp
 from server.realtime.dashboard_push import DashboardPush
 from server.realtime.emitter import SocketEmitter
 from server.realtime.fanout import Fanout
@@ -97,8 +98,12 @@ async def running_services(settings: Settings, sio: socketio.AsyncServer, cluste
                                claim_seconds=2 * settings.upstream_timeout + 10)
         scope = JobScope(jobs, cache, clusters, client, emitter, appstatus_ttl=settings.appstatus_ttl,
                          states_max_pages=settings.states_max_pages)
+        # only Redis pub/sub can lose events: catching up from the event log when it did
+        catchup = BusCatchUp(fanout, events, live_stats, interval=settings.catchup_interval,
+                             enabled=bool(settings.redis_url))
         realtime = Realtime(sio, settings, auth=auth, accounts=accounts, jobs=jobs, events=events, fanout=fanout,
-                            alerts=alerts, live_stats=live_stats, scope=scope, dashboard=dashboard)
+                            alerts=alerts, live_stats=live_stats, scope=scope, dashboard=dashboard,
+                            catchup=catchup)
         regressions = DeployRegressions(pipelines, jobs, alerts, window_seconds=settings.regression_window,
                                         rate=settings.regression_rate,
                                         min_customers=settings.regression_min_customers)

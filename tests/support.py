@@ -81,6 +81,14 @@ def require_redis() -> None:
         missing("Redis is not running on 127.0.0.1:6379")
 
 
+def require_redis_server() -> str:
+    """The redis-server binary, for tests that start (and kill) a Redis of their own."""
+    path = shutil.which("redis-server")
+    if not path:
+        missing("redis-server is not installed (apt-get install -y redis-server)")
+    return path
+
+
 def require_chromium() -> str:
     path = CHROMIUM if os.path.exists(CHROMIUM) else shutil.which("chromium")
     if not path:
@@ -185,6 +193,34 @@ class SimulatorServer:
     def stop(self) -> None:
         self.http.close()
         self.server.stop()
+
+
+class OwnRedis:
+    """A redis-server of the test's own on a free loopback port, which the test may kill and start
+    again (empty: nothing is saved); the shared Redis at 6379 is never touched."""
+
+    def __init__(self):
+        self.binary = require_redis_server()
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> "OwnRedis":
+        self.process = subprocess.Popen(
+            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        while not _port_open("127.0.0.1", self.port):
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"redis-server did not start on port {self.port}")
+            time.sleep(0.01)
+        return self
+
+    def kill(self) -> None:
+        """SIGKILL, as when the machine or the container running Redis dies."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(timeout=10)
 
 
 class PostgresDatabase:

@@ -22,6 +22,7 @@ def test_defaults_give_the_embedded_set_up(tmp_path):
     assert (settings.upstream_timeout, settings.batch_size, settings.appstatus_ttl) == (30.0, 100, 1800)
     assert (settings.pipeline_timeout, settings.regression_window, settings.regression_rate,
             settings.regression_min_customers) == (3600.0, 1800.0, 0.10, 20)
+    assert settings.catchup_interval == 3.0
     # a secret key is generated on first start, kept private, and the same on the next start
     key_file = data / "secret_key"
     assert len(settings.secret_key) >= 32 and key_file.read_text() == settings.secret_key
@@ -38,8 +39,9 @@ def test_values_are_parsed(tmp_path):
         "JOBMON_REDIS_URL": "redis://cache:6379/2", "JOBMON_SECRET_KEY": "k" * 40,
         "JOBMON_CLUSTERS_FILE": str(clusters), "JOBMON_ALLOWED_ORIGINS": "https://a.example/, http://b.example",
         "JOBMON_UPSTREAM_TIMEOUT": "2.5", "JOBMON_BATCH_SIZE": "250", "JOBMON_DEMO": "yes",
-        "JOBMON_LOG_LEVEL": "debug", "JOBMON_SIM_LATENCY_MS": "5",
+        "JOBMON_LOG_LEVEL": "debug", "JOBMON_SIM_LATENCY_MS": "5", "JOBMON_CATCHUP_INTERVAL": "0",
     })
+    assert settings.catchup_interval == 0.0
     assert settings.database_url == "postgresql://u:pw@db.example/jobs"
     assert settings.allowed_origins == ("https://a.example", "http://b.example")
     assert (settings.upstream_timeout, settings.batch_size, settings.demo, settings.log_level) == (2.5, 250, True,
@@ -77,6 +79,9 @@ def test_values_are_parsed(tmp_path):
     ("REGRESSION_RATE", "1.5", "expected a fraction between 0 and 1"),
     ("REGRESSION_RATE", "nan", "expected a fraction between 0 and 1"),
     ("REGRESSION_MIN_CUSTOMERS", "0", "expected an integer >= 1"),
+    ("CATCHUP_INTERVAL", "often", "expected a number of seconds"),
+    ("CATCHUP_INTERVAL", "-1", "expected a number >= 0"),
+    ("CATCHUP_INTERVAL", "0.01", "expected 0 (no periodic catch-up) or a number of seconds >= 0.1"),
 ])
 def test_wrong_values_name_the_variable(tmp_path, name, value, expected):
     with pytest.raises(ConfigError) as caught:

@@ -8,7 +8,7 @@ Socket.IO event a client gets and the key its record travels under.
 from __future__ import annotations
 
 import logging
-from typing import Awaitable, Callable, Sequence
+from typing import Awaitable, Callable, Collection, Sequence
 
 import orjson
 import sqlalchemy as sa
@@ -18,6 +18,8 @@ from server.db import schema as tables
 from server.timeutil import iso, now_ms
 
 logger = logging.getLogger(__name__)
+
+COUNTERS_IN_LIMIT = 1000  # past this many users, reading every counter row is as cheap as an IN list
 
 
 # topic -> (Socket.IO event, key of the record in its payload)
@@ -100,3 +102,16 @@ class JobEventLog:
         """The id of the user's newest committed event (0 before the first)."""
         c = tables.event_counters
         return await self.db.fetch_val(sa.select(c.c.last_event_id).where(c.c.user_id == user_id)) or 0
+
+    async def counters(self, user_ids: Collection[int] | None) -> dict[int, int]:
+        """Each user's newest committed event id, in one query on the counters' primary key: of
+        `user_ids`, or of every user with None (one small row per user who ever had an event)."""
+        c = tables.event_counters
+        query = sa.select(c.c.user_id, c.c.last_event_id)
+        if user_ids is not None and len(user_ids) <= COUNTERS_IN_LIMIT:
+            if not user_ids:
+                return {}
+            query = query.where(c.c.user_id.in_(sorted(user_ids)))
+        rows = await self.db.fetch_all(query)
+        wanted = None if user_ids is None else set(user_ids)
+        return {r.user_id: r.last_event_id for r in rows if wanted is None or r.user_id in wanted}

@@ -9,6 +9,12 @@ id n has committed, every smaller id of that user has committed too.
 
 Each socket also has a cursor (the last own-user id it was sent), so a socket that replays missed
 events with `resume` and then goes live again never gets one twice.
+
+The bus keeps nothing: what is published while a node's subscription is down never reaches it.
+`catchup.BusCatchUp` then reads the users' counters and hands the consumer a catch-up request; the
+consumer fills each user up to it from the database, between live events, so the order and the
+once-only delivery hold for both. Where a node starts from for a user it has delivered nothing of
+yet (its baseline) is read when a socket connects (see `set_baseline`).
 """
 
 from __future__ import annotations
@@ -16,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import engineio
 import orjson
@@ -30,6 +36,8 @@ logger = logging.getLogger(__name__)
 
 QUEUE_LIMIT = 100_000  # events waiting for delivery on this node; past it, clients are told to resync
 GAP_FILL_LIMIT = 1000  # a larger gap (a node that was cut off) becomes a resync instead
+PUBLISH_TIMEOUT = 2.0  # seconds a publish may wait for Redis (a silent network) before delivering here only
+SUBSCRIBE_RETRY_MAX = 5.0  # seconds between attempts to subscribe again: events flow soon after Redis is back
 
 
 @dataclass(eq=False, slots=True)
@@ -44,6 +52,23 @@ class SocketState:
     subscriptions: set[str] = field(default_factory=set)
     allowance: float = 0.0  # rate limiter tokens (see Realtime)
     checked_at: float = 0.0
+
+
+@dataclass(slots=True)
+class _Baseline:
+    """Where this node starts from for some users: their counters when a socket connected."""
+
+    counters: dict[int, int]  # user id -> last committed event id
+    replace: set[int]  # users no other socket here waits on: their position moves up to the counter
+    all_users: bool  # an admin's: every user's counter
+
+
+@dataclass(slots=True)
+class _CatchUp:
+    """Bring this node's sockets up to these event ids (user id -> id) from the event log."""
+
+    targets: dict[int, int]
+    done: asyncio.Future  # set to the users that got events or a resync
 
 
 def encode_event(sio: socketio.AsyncServer, event: str, data: Any) -> engineio.packet.Packet:
@@ -63,10 +88,15 @@ class Fanout:
         self.admins: set[str] = set()
         self.delivered = 0  # socket deliveries, for metrics and benchmarks
         self._last: dict[int, int] = {}  # user id -> last event id delivered to live sockets here
-        self._queue: asyncio.Queue[list[dict]] = asyncio.Queue()
+        # users with nothing delivered here yet: the event id they are watched from (one per user at most)
+        self._floor: dict[int, int] = {}
+        self._seeded_all = False  # an admin's baseline of every user is in place (while admins stay)
+        self._queue: asyncio.Queue[list[dict] | _Baseline | _CatchUp] = asyncio.Queue()
         self._redis_url = redis_url
         self._channel = f"{channel}:job-events"
         self._redis = None
+        self.bus_live = False  # the Redis subscription is confirmed and has not failed since
+        self._on_subscribed: list[Callable[[], None]] = []
         self._tasks: list[asyncio.Task] = []
         # held while an event is sent: a resume changes a socket's cursor only between sends
         self.lock = asyncio.Lock()
@@ -88,6 +118,8 @@ class Fanout:
                 if not sids:
                     del self.by_user[state.principal.user_id]
             self.admins.discard(sid)
+            if not self.admins:
+                self._seeded_all = False  # the next admin reads everyone's counters again
         return state
 
     def last_delivered(self, user_id: int) -> int | None:
@@ -134,10 +166,11 @@ class Fanout:
         """Hand committed events to every node (this one included)."""
         if self._redis is not None:
             try:
-                await self._redis.publish(self._channel, orjson.dumps(events))
+                async with asyncio.timeout(PUBLISH_TIMEOUT):  # a silent network must not hold the change
+                    await self._redis.publish(self._channel, orjson.dumps(events))
                 return
             except Exception:
-                # the other nodes' clients will fill the gap from the database on their next event
+                # the other nodes catch up from the database once their subscription is back (catchup.py)
                 logger.exception("publishing job events to Redis failed; delivering on this node only")
         self._enqueue(events)
 
@@ -153,33 +186,120 @@ class Fanout:
             return
         self._queue.put_nowait(events)
 
+    def when_subscribed(self, callback: Callable[[], None]) -> None:
+        """Call `callback` each time the Redis subscription is confirmed (again): whatever was
+        published while it was down is lost, and must be read from the database."""
+        self._on_subscribed.append(callback)
+
     async def _subscribe(self) -> None:
         delay = 0.5
         while True:
-            pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
+            pubsub = self._redis.pubsub()
             try:
                 await pubsub.subscribe(self._channel)
-                delay = 0.5
                 async for message in pubsub.listen():
-                    if message.get("type") == "message":
+                    kind = message.get("type")
+                    if kind == "message":
                         self._enqueue(orjson.loads(message["data"]))
+                    elif kind == "subscribe":  # also after redis-py reconnected by itself
+                        delay = 0.5
+                        self.bus_live = True
+                        for callback in self._on_subscribed:
+                            callback()
             except asyncio.CancelledError:
                 raise
             except Exception:
+                self.bus_live = False
                 logger.exception("Redis subscription for job events failed; trying again in %s seconds.", delay)
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, 30.0)
+                delay = min(delay * 2, SUBSCRIBE_RETRY_MAX)
             finally:
                 try:
                     await pubsub.aclose()
                 except Exception:
                     pass
 
+    # -- catching up (catchup.BusCatchUp decides when) ------------------------------------------
+    def watched_users(self) -> set[int] | None:
+        """The users whose events this node's sockets get: None (every user) with an admin connected."""
+        return None if self.admins else set(self.by_user)
+
+    def set_baseline(self, counters: dict[int, int], *, sid: str, all_users: bool) -> None:
+        """Socket `sid` connected and these counters were read since: where catching up starts from
+        for users this node has delivered nothing of. A user no other socket here waits on (no admin,
+        no other socket of theirs) starts from their counter: events before it are the past, which
+        the new client fetched or will `resume`."""
+        others_admin = bool(self.admins - {sid})
+        replace = {user_id for user_id in counters
+                   if not others_admin and not (self.by_user.get(user_id, set()) - {sid})}
+        self._queue.put_nowait(_Baseline(counters, replace, all_users))
+
+    async def catch_up(self, targets: dict[int, int]) -> set[int]:
+        """Deliver each user's events up to the target id that this node has not delivered (in
+        order, once; a resync past GAP_FILL_LIMIT), between live events; return the users that
+        got some."""
+        if not targets:
+            return set()
+        done = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait(_CatchUp(targets, done))
+        return await done
+
+    def _apply_baseline(self, baseline: _Baseline) -> None:
+        for user_id, counter in baseline.counters.items():
+            if user_id in baseline.replace:
+                if self._last.get(user_id, -1) < counter:
+                    self._last[user_id] = counter
+            elif user_id not in self._last and user_id not in self._floor:
+                # with the admins' baseline in place, a user it did not have started after it
+                self._floor[user_id] = 0 if self._seeded_all and self.admins else counter
+        if baseline.all_users and self.admins:
+            self._seeded_all = True
+
+    def _position(self, user_id: int) -> int | None:
+        """The last event id of the user this node has delivered, or is watching them from."""
+        last = self._last.get(user_id)
+        if last is None:
+            last = self._floor.get(user_id)
+        if last is None and self._seeded_all and self.admins:
+            return 0  # a user whose first event came after the admins' baseline: all of it is new
+        return last
+
+    async def _catch_up(self, targets: dict[int, int]) -> set[int]:
+        caught = set()
+        for user_id, target in targets.items():
+            last = self._position(user_id)
+            if last is None:
+                self._floor[user_id] = target  # no baseline read (it failed): from here on
+            elif last < target:
+                await self._fill(user_id, last, target)
+                caught.add(user_id)
+        return caught
+
+    async def _fill(self, user_id: int, after: int, upto: int) -> bool:
+        """Deliver the user's events after `after` up to `upto` from the event log; past
+        GAP_FILL_LIMIT of them, tell the clients to resync instead (and return False)."""
+        missing = await self.events.read(user_id, after, min(upto - after, GAP_FILL_LIMIT + 1))
+        if len(missing) > GAP_FILL_LIMIT:
+            logger.warning("user %s: %s events missed by this node; telling clients to resync", user_id, upto - after)
+            self._last[user_id] = upto
+            await self.resync_user(user_id)
+            return False
+        for name, payload in missing:
+            if payload["event_id"] <= upto:
+                await self._deliver(user_id, name, payload)
+        return True
+
     # -- delivery --------------------------------------------------------------------------
     async def _consume(self) -> None:
         while True:
-            events = await self._queue.get()
-            for event in events:
+            item = await self._queue.get()
+            if isinstance(item, _Baseline):
+                self._apply_baseline(item)
+                continue
+            if isinstance(item, _CatchUp):
+                await self._run_catch_up(item)
+                continue
+            for event in item:
                 try:
                     await self._deliver_in_order(event)
                 except asyncio.CancelledError:
@@ -188,22 +308,27 @@ class Fanout:
                     logger.exception("delivering job event %s of user %s failed",
                                      event.get("event_id"), event.get("user_id"))
 
+    async def _run_catch_up(self, item: _CatchUp) -> None:
+        try:
+            caught = await self._catch_up(item.targets)
+        except asyncio.CancelledError:
+            item.done.cancel()
+            raise
+        except Exception as exc:
+            if not item.done.done():
+                item.done.set_exception(exc)
+            return
+        if not item.done.done():
+            item.done.set_result(caught)
+
     async def _deliver_in_order(self, event: dict) -> None:
         user_id, event_id = event["user_id"], event["event_id"]
-        last = self._last.get(user_id)
+        last = self._position(user_id)
         if last is not None and event_id <= last:
-            return  # already delivered (it arrived late, after a gap fill)
-        if last is not None and event_id > last + 1:
-            missing = await self.events.read(user_id, last, min(event_id - last - 1, GAP_FILL_LIMIT + 1))
-            if len(missing) > GAP_FILL_LIMIT:
-                logger.warning("user %s: %s events missed by this node; telling clients to resync",
-                               user_id, event_id - last - 1)
-                self._last[user_id] = event_id
-                await self.resync_user(user_id)
-                return
-            for name, payload in missing:
-                if payload["event_id"] < event_id:
-                    await self._deliver(user_id, name, payload)
+            return  # already delivered (it arrived late, after a gap fill or a catch-up)
+        if last is not None and event_id > last + 1 and not await self._fill(user_id, last, event_id - 1):
+            self._last[user_id] = event_id
+            return
         name, payload = client_event(event.get("topic", "job"), event_id, event["kind"], event["job"],
                                      iso(event.get("at")))
         await self._deliver(user_id, name, payload)

@@ -58,9 +58,17 @@ class LiveStats:
     async def push_periodic(self) -> None:
         """Every stats_interval: this node's sockets get their current figures."""
         users = {s.principal.user_id for s in self.fanout.sockets.values() if not s.principal.is_admin}
-        for user_id in users:
+        await self._push_here(users, admins=bool(self.fanout.admins))
+        self._pushes.forget_older(60)
+
+    async def push_here(self, user_ids: set[int]) -> None:
+        """Fresh figures to this node's sockets of these users, and to its admins: after catching up
+        events the bus lost (catchup.py), as the pushes of that time went over the same bus."""
+        await self._push_here({u for u in user_ids if self._has_local(u)}, admins=bool(user_ids and self.fanout.admins))
+
+    async def _push_here(self, user_ids: set[int], *, admins: bool) -> None:
+        for user_id in user_ids:
             await self.emitter.emit("job-stats", await job_stats(self.db, user_id), stats_room(user_id),
                                     this_node_only=True)
-        if self.fanout.admins:
+        if admins:
             await self.emitter.emit("job-stats", await job_stats(self.db, None), ADMINS_ROOM, this_node_only=True)
-        self._pushes.forget_older(60)

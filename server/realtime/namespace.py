@@ -35,6 +35,7 @@ from server.jobs.store import JobStore, parse_job_id
 from server.parsing import is_int
 from server.periodic import every
 from server.realtime.alerts import Alerts
+from server.realtime.catchup import BusCatchUp
 from server.realtime.dashboard_push import DashboardPush
 from server.realtime.emitter import ADMINS_ROOM, dashboard_room, job_room, stats_room, user_room
 from server.realtime.fanout import Fanout, SocketState, encode_event
@@ -70,7 +71,7 @@ class Realtime:
 
     def __init__(self, sio: socketio.AsyncServer, settings: Settings, *, auth: Authenticator, accounts: Accounts,
                  jobs: JobStore, events: JobEventLog, fanout: Fanout, alerts: Alerts, live_stats: LiveStats,
-                 scope: JobScope, dashboard: DashboardPush):
+                 scope: JobScope, dashboard: DashboardPush, catchup: BusCatchUp):
         self.sio = sio
         self.settings = settings
         self.auth = auth
@@ -82,6 +83,7 @@ class Realtime:
         self.live_stats = live_stats
         self.scope = scope
         self.dashboard = dashboard
+        self.catchup = catchup
         self._tasks: list[asyncio.Task] = []
         sio.on("connect", self.on_connect)
         sio.on("disconnect", self.on_disconnect)
@@ -104,6 +106,7 @@ class Realtime:
     async def start(self) -> None:
         """Start the fan-out and the periodic work (revalidation, stats, stuck jobs, pruning)."""
         await self.fanout.start()
+        await self.catchup.start()
         s = self.settings
         self._tasks = [
             asyncio.create_task(every(s.socket_revalidate, "revalidating sockets", self.revalidate)),
@@ -120,6 +123,7 @@ class Realtime:
         self._tasks.clear()
         await self.live_stats.stop()
         await self.dashboard.stop()
+        await self.catchup.stop()
         await self.fanout.stop()
         await self.sio.shutdown()
         await close_redis_manager(self.sio.manager)
@@ -154,6 +158,7 @@ class Realtime:
         await self.sio.enter_room(sid, user_room(principal.user_id))
         await self.sio.enter_room(sid, ADMINS_ROOM if principal.is_admin else stats_room(principal.user_id))
         self.fanout.add(state)
+        await self.catchup.watch(state)
 
     async def on_disconnect(self, sid: str, *args: Any) -> None:
         self.fanout.remove(sid)
