@@ -216,6 +216,16 @@ class OwnRedis:
             time.sleep(0.01)
         return self
 
+    def kill_pubsub_clients(self) -> int:
+        """`CLIENT KILL TYPE pubsub`: Redis drops every subscriber's connection and stays up."""
+        import redis
+
+        client = redis.Redis(port=self.port)
+        try:
+            return client.client_kill_filter(_type="pubsub")
+        finally:
+            client.close()
+
     def kill(self) -> None:
         """SIGKILL, as when the machine or the container running Redis dies."""
         if self.process is not None and self.process.poll() is None:
