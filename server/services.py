@@ -99,7 +99,7 @@ async def running_services(settings: Settings, sio: socketio.AsyncServer, cluste
         scope = JobScope(jobs, cache, clusters, client, emitter, appstatus_ttl=settings.appstatus_ttl,
                          states_max_pages=settings.states_max_pages)
         # only Redis pub/sub can lose events: catching up from the event log when it did
-        catchup = BusCatchUp(fanout, events, live_stats, interval=settings.catchup_interval,
+        catchup = BusCatchUp(fanout, events, live_stats, dashboard, interval=settings.catchup_interval,
                              enabled=bool(settings.redis_url))
         realtime = Realtime(sio, settings, auth=auth, accounts=accounts, jobs=jobs, events=events, fanout=fanout,
                             alerts=alerts, live_stats=live_stats, scope=scope, dashboard=dashboard,

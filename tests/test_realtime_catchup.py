@@ -12,6 +12,7 @@ import uuid
 
 import pytest
 
+from pipelines_client import report
 from realtime_client import SioClient, session_cookie, user_events
 from support import OwnRedis, free_port, require_postgres
 
@@ -113,8 +114,11 @@ def node_env(redis_url: str, channel: str, **extra) -> dict:
 
 
 def seen(client: SioClient, user_id: int) -> list[tuple[int, str]]:
-    """(event_id, kind) of the job-updates of one user that a socket got, in arrival order."""
-    return [(u["event_id"], u["kind"]) for u in client.updates() if u["job"]["user_id"] == user_id]
+    """(event_id, kind) of the logged events (job-, pipeline-, deployment-update) of one user that a
+    socket got, in arrival order."""
+    return [(data["event_id"], data["kind"]) for name, data in client.events
+            if name in ("job-update", "pipeline-update", "deployment-update")
+            and (data.get("job") or data.get("deployment"))["user_id"] == user_id]
 
 
 def statuses(client: SioClient, job_id: str) -> list[str]:
@@ -138,10 +142,11 @@ async def test_a_node_that_hears_nothing_from_redis_catches_its_own_sockets_up(m
     try:
         proxy.freeze(subscriptions_only=True)
         job = await asyncio.to_thread(api.start, CIDS)
+        build = await asyncio.to_thread(report, api)  # a CI/CD agent's job, in the same event sequence
         assert (await socket.wait_finished(job["job_id"], timeout=10))["status"] == "SUCCESS"
+        await socket.wait_for(lambda: socket.of("pipeline-update"), what="the pipeline job")
         assert seen(socket, alice["id"]) == await user_events(node, alice["id"])
-        await socket.wait_for(lambda: any(s["counts"]["SUCCESS"] == 1 for s in socket.of("job-stats")),
-                              what="job-stats after catching up")
+        assert socket.of("pipeline-update")[0]["job"]["job_id"] == build["job_id"]; print("EVENTS", [(n, round(time.monotonic(),2)) for n, d in socket.events])
         proxy.thaw()
         after = await asyncio.to_thread(api.start, CIDS)
         await socket.wait_finished(after["job_id"])
@@ -223,25 +228,32 @@ async def test_a_node_cut_off_from_redis_catches_up_when_its_connection_is_back(
     alice_a = node_a.client(alice)
     on_b = await SioClient().connect(node_b.url, cookie=session_cookie(alice_a))
     try:
+        assert (await on_b.call("subscribe", {"dashboard": True}))["summary"]["jobs_running"] == 0
         warm = await asyncio.to_thread(alice_a.start, CIDS)
         await on_b.wait_finished(warm["job_id"])
 
         await proxy.cut()
         jobs = [await asyncio.to_thread(alice_a.start, CIDS) for _ in range(2)]
+        build = await asyncio.to_thread(report, alice_a)  # a CI/CD agent's job, in the same event sequence
         for job in jobs:
             await finished_on(alice_a, job["job_id"])
         await asyncio.sleep(0.5)
-        assert [on_b.updates(job["job_id"]) for job in jobs] == [[], []]
+        assert [on_b.updates(job["job_id"]) for job in jobs] == [[], []] and on_b.of("pipeline-update") == []
 
         await proxy.restore()
         back = time.monotonic()
         for job in jobs:
             await on_b.wait_finished(job["job_id"], timeout=15)
+        await on_b.wait_for(lambda: on_b.of("pipeline-update"), what="the pipeline job")
         print(f"\ncaught up {time.monotonic() - back:.2f} s after the connection was back")
         assert seen(on_b, alice["id"]) == await user_events(node_a, alice["id"])
+        assert [u["job"]["job_id"] for u in on_b.of("pipeline-update")] == [build["job_id"]]
         assert on_b.of("resync") == []
+        # fresh figures for what was caught up (node A's pushes of that time never reached B)
         await on_b.wait_for(lambda: any(s["counts"]["SUCCESS"] == 3 for s in on_b.of("job-stats")),
                             what="job-stats after catching up")
+        await on_b.wait_for(lambda: any(s["jobs_running"] == 1 for s in on_b.of("dashboard-summary")),
+                            what="dashboard-summary after catching up")
 
         # Redis drops every subscriber's connection (CLIENT KILL TYPE pubsub): the subscription comes
         # back, a sweep finds nothing missing, and the next job is live on B again, once each

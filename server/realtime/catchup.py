@@ -7,7 +7,8 @@ subscription is confirmed again and every `interval` seconds as a safety net (a 
 cut is noticed by nobody), reads the event counters of the users its sockets watch in one query
 on the counters' primary key, and has the fan-out deliver what it has not delivered yet: in
 order, once, through the same consumer as live events (a `resync` past GAP_FILL_LIMIT). The
-users it caught up get fresh `job-stats` (those pushed meanwhile went over the same bus).
+users it caught up get fresh `job-stats` and `dashboard-summary` (those pushed meanwhile went
+over the same bus).
 
 Which counters: those of the users with a socket on this node; with an admin socket, every
 user's (admins see everyone's events), i.e. the whole `event_counters` table, one small row per
@@ -27,6 +28,7 @@ import asyncio
 import logging
 
 from server.jobs.events import JobEventLog
+from server.realtime.dashboard_push import DashboardPush
 from server.realtime.fanout import Fanout, SocketState
 from server.realtime.live_stats import LiveStats
 
@@ -36,11 +38,12 @@ logger = logging.getLogger(__name__)
 class BusCatchUp:
     """Per node: sweeps after every (re)subscription to the bus and every `interval` seconds."""
 
-    def __init__(self, fanout: Fanout, events: JobEventLog, live_stats: LiveStats, *, interval: float,
-                 enabled: bool):
+    def __init__(self, fanout: Fanout, events: JobEventLog, live_stats: LiveStats, dashboard: DashboardPush, *,
+                 interval: float, enabled: bool):
         self.fanout = fanout
         self.events = events
         self.live_stats = live_stats
+        self.dashboard = dashboard
         self.interval = interval  # seconds between periodic sweeps; 0: only after a (re)subscription
         self.enabled = enabled  # only with a bus that can lose events (Redis)
         self.sweeps = 0
@@ -116,4 +119,5 @@ class BusCatchUp:
             self.caught_up += len(caught)
             logger.info("caught up %s user(s) from the event log (events the bus did not bring)", len(caught))
             await self.live_stats.push_here(caught)
+            await self.dashboard.push_here(caught)
         return caught

@@ -54,5 +54,14 @@ class DashboardPush:
         await self.emitter.emit("dashboard-summary", await self.summary(key), dashboard_room(key))
         self._pushes.forget_older(60)
 
+    async def push_here(self, user_ids: set[int]) -> None:
+        """A fresh summary to this node's subscribed sockets of these users, and to its subscribed
+        admins: after catching up events the bus lost (catchup.py), as the pushes of that time went
+        over the same bus."""
+        keys = set(self._subscribed.values())
+        for key in sorted(keys & user_ids) + ([None] if user_ids and None in keys else []):
+            await self.emitter.emit("dashboard-summary", await self.summary(key), dashboard_room(key),
+                                    this_node_only=True)
+
     async def stop(self) -> None:
         await self._pushes.stop()
