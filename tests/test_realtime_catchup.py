@@ -159,6 +159,43 @@ async def test_a_node_that_hears_nothing_from_redis_catches_its_own_sockets_up(m
 
 @pytest.mark.postgres
 @pytest.mark.slow
+async def test_a_node_that_missed_too_many_events_tells_its_sockets_to_resync(make_server, redis, sim):
+    """Past GAP_FILL_LIMIT events missed (here an agent's heartbeats, reported on node A while node B
+    was cut off), catching up sends `resync` instead of replaying them all; the socket then goes on
+    live from the next event."""
+    from server.realtime.fanout import GAP_FILL_LIMIT
+
+    channel = f"test-{uuid.uuid4().hex[:8]}"
+    proxy = await CuttableProxy(redis.port).start()
+    node_a = make_server(**node_env(redis.url, channel, CATCHUP_INTERVAL="0"))
+    node_b = make_server(**node_env(proxy.url, channel, CATCHUP_INTERVAL="0"))
+    alice = await asyncio.to_thread(node_a.create_user, "alice")
+    api = node_a.client(alice)
+    on_b = await SioClient().connect(node_b.url, cookie=session_cookie(api))
+    try:
+        build = await asyncio.to_thread(report, api)
+        await on_b.wait_for(lambda: on_b.of("pipeline-update"), what="the pipeline job")
+        await proxy.cut()
+
+        def heartbeats() -> None:
+            for _ in range(GAP_FILL_LIMIT + 1):
+                assert api.http.patch(f"/api/dashboard/jobs/{build['job_id']}", json={}).status_code == 200
+
+        await asyncio.to_thread(heartbeats)
+        await proxy.restore()
+        resync = await on_b.wait_for(lambda: on_b.of("resync"), what="resync")
+        assert resync == [{"reason": "events_lost"}] and len(on_b.of("pipeline-update")) == 1
+        assert api.http.patch(f"/api/dashboard/jobs/{build['job_id']}", json={"status": "running"}).status_code == 200
+        await on_b.wait_for(lambda: on_b.of("pipeline-update")[-1]["job"]["status"] == "running",
+                            what="live again")
+        assert len(on_b.of("pipeline-update")) == 2 and len(on_b.of("resync")) == 1
+    finally:
+        await on_b.close()
+        await proxy.close()
+
+
+@pytest.mark.postgres
+@pytest.mark.slow
 async def test_a_job_run_while_redis_is_down_reaches_the_other_node_when_redis_is_back(make_server, redis, sim):
     channel = f"test-{uuid.uuid4().hex[:8]}"
     # no periodic sweep: what brings the events is catching up when the subscription is back
@@ -166,8 +203,9 @@ async def test_a_job_run_while_redis_is_down_reaches_the_other_node_when_redis_i
     node_b = make_server(**node_env(redis.url, channel, CATCHUP_INTERVAL="0"))
     alice = await asyncio.to_thread(node_a.create_user, "alice")
     bob = await asyncio.to_thread(node_a.create_user, "bob")  # no event at all before the outage
+    carol = await asyncio.to_thread(node_a.create_user, "carol")  # no socket on B: only the admin sees her
     boss = await asyncio.to_thread(node_a.create_user, "boss", "admin")
-    alice_a, bob_a = node_a.client(alice), node_a.client(bob)
+    alice_a, bob_a, carol_a = node_a.client(alice), node_a.client(bob), node_a.client(carol)
     alice_b = await SioClient().connect(node_b.url, cookie=session_cookie(alice_a))
     bob_b = await SioClient().connect(node_b.url, cookie=session_cookie(bob_a))
     boss_b = await SioClient().connect(node_b.url, cookie=session_cookie(node_b.client(boss)))
@@ -178,7 +216,8 @@ async def test_a_job_run_while_redis_is_down_reaches_the_other_node_when_redis_i
         redis.kill()
         during = await asyncio.to_thread(alice_a.start, CIDS)
         first = await asyncio.to_thread(bob_a.start, CIDS)
-        for api, job in ((alice_a, during), (bob_a, first)):
+        hers = await asyncio.to_thread(carol_a.start, CIDS)
+        for api, job in ((alice_a, during), (bob_a, first), (carol_a, hers)):
             assert (await finished_on(api, job["job_id"]))["status"] == "SUCCESS"
         await asyncio.sleep(1.0)
         assert alice_b.updates(during["job_id"]) == [] and bob_b.updates() == []  # the bus is down
@@ -187,12 +226,12 @@ async def test_a_job_run_while_redis_is_down_reaches_the_other_node_when_redis_i
         back = time.monotonic()
         await alice_b.wait_finished(during["job_id"], timeout=15)
         await bob_b.wait_finished(first["job_id"], timeout=15)
-        await boss_b.wait_for(lambda: boss_b.finished(during["job_id"]) and boss_b.finished(first["job_id"]),
+        await boss_b.wait_for(lambda: all(boss_b.finished(job["job_id"]) for job in (during, first, hers)),
                               what="the admin's catch-up")
         print(f"\ncaught up {time.monotonic() - back:.2f} s after Redis was back")
 
         # every event, in order, once, with nothing else (no resync)
-        for client, user in ((alice_b, alice), (bob_b, bob), (boss_b, alice), (boss_b, bob)):
+        for client, user in ((alice_b, alice), (bob_b, bob), (boss_b, alice), (boss_b, bob), (boss_b, carol)):
             assert seen(client, user["id"]) == await user_events(node_a, user["id"])
         assert statuses(alice_b, during["job_id"])[-1] == "SUCCESS"
         assert [c.of("resync") for c in (alice_b, bob_b, boss_b)] == [[], [], []]
@@ -201,7 +240,7 @@ async def test_a_job_run_while_redis_is_down_reaches_the_other_node_when_redis_i
                                what="alice's job-stats after catching up")
         await bob_b.wait_for(lambda: any(s["counts"]["SUCCESS"] == 1 for s in bob_b.of("job-stats")),
                              what="bob's job-stats after catching up")
-        await boss_b.wait_for(lambda: any(s["user_id"] is None and s["counts"]["SUCCESS"] == 3
+        await boss_b.wait_for(lambda: any(s["user_id"] is None and s["counts"]["SUCCESS"] == 4
                                           for s in boss_b.of("job-stats")), what="the admin's job-stats")
 
         # and the bus carries the next job live again, still once each
@@ -284,10 +323,13 @@ async def test_a_silent_network_is_caught_up_by_the_periodic_sweep(make_server, 
     past = await asyncio.to_thread(alice_a.start, CIDS)
     await finished_on(alice_a, past["job_id"])
     node_b = make_server(**node_env(proxy.url, channel, CATCHUP_INTERVAL="0.5"))
+    boss = await asyncio.to_thread(node_a.create_user, "boss", "admin")
     on_b = await SioClient().connect(node_b.url, cookie=session_cookie(alice_a))
+    boss_b = await SioClient().connect(node_b.url, cookie=session_cookie(node_b.client(boss)))
     try:
         await asyncio.sleep(1.5)  # three sweeps
-        assert on_b.updates() == [] and on_b.of("resync") == []
+        for client in (on_b, boss_b):  # nothing replayed, no resync
+            assert [name for name, _ in client.events if name != "job-stats"] == []
         skip = len(await user_events(node_a, alice["id"]))
         warm = await asyncio.to_thread(alice_a.start, CIDS)
         await on_b.wait_finished(warm["job_id"])
@@ -298,14 +340,19 @@ async def test_a_silent_network_is_caught_up_by_the_periodic_sweep(make_server, 
         committed = time.monotonic()
         await on_b.wait_finished(job["job_id"], timeout=10)
         print(f"\ncaught up {time.monotonic() - committed:.2f} s after the job ended, the network still silent")
-        assert seen(on_b, alice["id"]) == (await user_events(node_a, alice["id"]))[skip:]
+        await boss_b.wait_finished(job["job_id"], timeout=10)
+        for client in (on_b, boss_b):
+            assert seen(client, alice["id"]) == (await user_events(node_a, alice["id"]))[skip:]
 
         proxy.thaw()  # the held messages arrive now: dropped as already delivered
         after = await asyncio.to_thread(alice_a.start, CIDS)
         await on_b.wait_finished(after["job_id"])
+        await boss_b.wait_finished(after["job_id"])
         await asyncio.sleep(0.3)
-        assert seen(on_b, alice["id"]) == (await user_events(node_a, alice["id"]))[skip:]
-        assert on_b.of("resync") == []
+        for client in (on_b, boss_b):
+            assert seen(client, alice["id"]) == (await user_events(node_a, alice["id"]))[skip:]
+            assert client.of("resync") == []
     finally:
+        await boss_b.close()
         await on_b.close()
         await proxy.close()
