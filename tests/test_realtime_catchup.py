@@ -132,8 +132,8 @@ async def finished_on(api, job_id: str) -> dict:
 @pytest.mark.parametrize("backend", ["sqlite"])
 async def test_a_node_that_hears_nothing_from_redis_catches_its_own_sockets_up(make_server, redis, sim):
     """One node, SQLite: its publishes reach Redis, but its subscription's connection passes nothing (a
-    NAT or firewall forgot the long-idle connection). The periodic sweep delivers every event of the job, in order, once; when
-    the held messages arrive at last they are not delivered again."""
+    NAT or firewall forgot the long-idle connection). The periodic sweep delivers every event, in order,
+    once; when the held messages arrive at last they are not delivered again."""
     proxy = await CuttableProxy(redis.port).start()
     node = make_server(**node_env(proxy.url, f"test-{uuid.uuid4().hex[:8]}", CATCHUP_INTERVAL="0.2"))
     alice = await asyncio.to_thread(node.create_user, "alice")
@@ -146,7 +146,7 @@ async def test_a_node_that_hears_nothing_from_redis_catches_its_own_sockets_up(m
         assert (await socket.wait_finished(job["job_id"], timeout=10))["status"] == "SUCCESS"
         await socket.wait_for(lambda: socket.of("pipeline-update"), what="the pipeline job")
         assert seen(socket, alice["id"]) == await user_events(node, alice["id"])
-        assert socket.of("pipeline-update")[0]["job"]["job_id"] == build["job_id"]; print("EVENTS", [(n, round(time.monotonic(),2)) for n, d in socket.events])
+        assert socket.of("pipeline-update")[0]["job"]["job_id"] == build["job_id"]
         proxy.thaw()
         after = await asyncio.to_thread(api.start, CIDS)
         await socket.wait_finished(after["job_id"])

@@ -106,12 +106,16 @@ class JobEventLog:
     async def counters(self, user_ids: Collection[int] | None) -> dict[int, int]:
         """Each user's newest committed event id, in one query on the counters' primary key: of
         `user_ids`, or of every user with None (one small row per user who ever had an event)."""
-        c = tables.event_counters
-        query = sa.select(c.c.user_id, c.c.last_event_id)
+        sql, params = "SELECT user_id, last_event_id FROM event_counters", {}
         if user_ids is not None and len(user_ids) <= COUNTERS_IN_LIMIT:
             if not user_ids:
                 return {}
-            query = query.where(c.c.user_id.in_(sorted(user_ids)))
-        rows = await self.db.fetch_all(query)
-        wanted = None if user_ids is None else set(user_ids)
-        return {r.user_id: r.last_event_id for r in rows if wanted is None or r.user_id in wanted}
+            params = {f"u{i}": user_id for i, user_id in enumerate(user_ids)}
+            sql += " WHERE user_id IN (" + ", ".join(f":{name}" for name in params) + ")"
+        # SQL text straight on the driver: SQLAlchemy's compile and `databases` Records cost more
+        # than the query itself on a few thousand rows, every few seconds on every node
+        rows = await self.db.raw_fetch(sql, params)
+        if user_ids is None or len(user_ids) <= COUNTERS_IN_LIMIT:
+            return dict(rows)
+        wanted = set(user_ids)
+        return {user_id: last for user_id, last in rows if user_id in wanted}

@@ -280,7 +280,8 @@ class Fanout:
         GAP_FILL_LIMIT of them, tell the clients to resync instead (and return False)."""
         missing = await self.events.read(user_id, after, min(upto - after, GAP_FILL_LIMIT + 1))
         if len(missing) > GAP_FILL_LIMIT:
-            logger.warning("user %s: %s events missed by this node; telling clients to resync", user_id, upto - after)
+            logger.warning("user %s: %s events missed by this node; telling clients to resync",
+                           user_id, upto - after)
             self._last[user_id] = upto
             await self.resync_user(user_id)
             return False

@@ -64,7 +64,8 @@ class LiveStats:
     async def push_here(self, user_ids: set[int]) -> None:
         """Fresh figures to this node's sockets of these users, and to its admins: after catching up
         events the bus lost (catchup.py), as the pushes of that time went over the same bus."""
-        await self._push_here({u for u in user_ids if self._has_local(u)}, admins=bool(user_ids and self.fanout.admins))
+        local = {user_id for user_id in user_ids if self._has_local(user_id)}
+        await self._push_here(local, admins=bool(user_ids and self.fanout.admins))
 
     async def _push_here(self, user_ids: set[int], *, admins: bool) -> None:
         for user_id in user_ids:
