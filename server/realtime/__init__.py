@@ -1,5 +1,6 @@
 """Socket.IO: the namespace with its connection checks, rooms and handlers (`namespace`), the
-per-node delivery of job-update events (`fanout`), job alerts (`alerts`), and the one place that
+per-node delivery of job-update events (`fanout`), catching up what the Redis bus lost from the
+event log (`catchup`), job alerts (`alerts`), and the one place that
 replaces a python-engineio method (`engineio_compat`).
 
 The rest of the server uses `namespace.Realtime` (built in the lifespan) and, to emit events,
