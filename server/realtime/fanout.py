@@ -87,7 +87,8 @@ class Fanout:
         self.by_user: dict[int, set[str]] = {}
         self.admins: set[str] = set()
         self.delivered = 0  # socket deliveries, for metrics and benchmarks
-        self._last: dict[int, int] = {}  # user id -> last event id delivered to live sockets here
+        # user id -> last event id delivered to live sockets here (None: unknown, the next one goes out as it is)
+        self._last: dict[int, int | None] = {}
         # users with nothing delivered here yet: the event id they are watched from (one per user at most)
         self._floor: dict[int, int] = {}
         self._seeded_all = False  # an admin's baseline of every user is in place (while admins stay)
@@ -178,7 +179,7 @@ class Fanout:
         if self._queue.qsize() >= QUEUE_LIMIT:
             logger.error("fan-out queue full; dropping %s events (their users are told to resync)", len(events))
             for event in events:
-                self._last.pop(event["user_id"], None)
+                self._last[event["user_id"]] = None  # its clients resync: no gap fill before the next one
                 # keep a reference so the task is not garbage collected mid-way
                 task = asyncio.get_running_loop().create_task(self.resync_user(event["user_id"]))
                 self._overflow_tasks.add(task)
@@ -229,9 +230,12 @@ class Fanout:
         for users this node has delivered nothing of. A user no other socket here waits on (no admin,
         no other socket of theirs) starts from their counter: events before it are the past, which
         the new client fetched or will `resume`."""
+        def alone(user_id: int) -> bool:
+            sids = self.by_user.get(user_id)
+            return not sids or (len(sids) == 1 and sid in sids)
+
         others_admin = bool(self.admins - {sid})
-        replace = {user_id for user_id in counters
-                   if not others_admin and not (self.by_user.get(user_id, set()) - {sid})}
+        replace = set() if others_admin else {user_id for user_id in counters if alone(user_id)}
         self._queue.put_nowait(_Baseline(counters, replace, all_users))
 
     async def catch_up(self, targets: dict[int, int]) -> set[int]:
@@ -247,7 +251,8 @@ class Fanout:
     def _apply_baseline(self, baseline: _Baseline) -> None:
         for user_id, counter in baseline.counters.items():
             if user_id in baseline.replace:
-                if self._last.get(user_id, -1) < counter:
+                last = self._last.get(user_id)
+                if last is None or last < counter:
                     self._last[user_id] = counter
             elif user_id not in self._last and user_id not in self._floor:
                 # with the admins' baseline in place, a user it did not have started after it
@@ -257,19 +262,22 @@ class Fanout:
 
     def _position(self, user_id: int) -> int | None:
         """The last event id of the user this node has delivered, or is watching them from."""
-        last = self._last.get(user_id)
-        if last is None:
-            last = self._floor.get(user_id)
-        if last is None and self._seeded_all and self.admins:
+        if user_id in self._last:
+            return self._last[user_id]
+        floor = self._floor.get(user_id)
+        if floor is None and self._seeded_all and self.admins:
             return 0  # a user whose first event came after the admins' baseline: all of it is new
-        return last
+        return floor
 
     async def _catch_up(self, targets: dict[int, int]) -> set[int]:
         caught = set()
         for user_id, target in targets.items():
             last = self._position(user_id)
-            if last is None:
-                self._floor[user_id] = target  # no baseline read (it failed): from here on
+            if last is None:  # no baseline (its read failed, or the clients resync): from here on
+                if user_id in self._last:
+                    self._last[user_id] = target
+                else:
+                    self._floor[user_id] = target
             elif last < target:
                 await self._fill(user_id, last, target)
                 caught.add(user_id)
