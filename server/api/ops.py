@@ -38,6 +38,10 @@ async def metrics(request: Request) -> PlainTextResponse:
     lines += ["# HELP jobmon_node_sockets Socket.IO clients connected to this node.",
               "# TYPE jobmon_node_sockets gauge",
               f"jobmon_node_sockets {s.realtime.connected_count}"]
+    lines += ["# HELP jobmon_node_caught_up_users_total Users whose events the Redis bus lost, caught up "
+              "from the event log by this node.",
+              "# TYPE jobmon_node_caught_up_users_total counter",
+              f"jobmon_node_caught_up_users_total {s.realtime.catchup.caught_up}"]
     return PlainTextResponse("\n".join(lines) + "\n", media_type="text/plain; version=0.0.4")
 
 
