@@ -110,6 +110,12 @@ def test_an_admin_may_use_every_control(closed, quiet_cluster):
     assert quiet_cluster.knobs.latency_ms == 5
 
     token = closed.client(token=closed.create_token(admin, "admin"))
+    for wrong in ({"no_such_knob": 1}, {"failure_rate": "all"}, [1]):
+        refused = token.put("/sim/_sim/knobs", json=wrong)
+        assert refused.status_code == 400 and refused.json()["error"], wrong
+    assert "no_such_knob" in token.put("/sim/_sim/knobs", json={"no_such_knob": 1}).json()["error"]
+    assert token.put("/sim/_sim/knobs", content=b"{not json").status_code == 400
+    assert quiet_cluster.knobs.failure_rate == 0.0
     assert token.put("/sim/_sim/knobs", json={"fail_cids": {"C2": "locked by the admin"}}).status_code == 200
     # the knob reaches the jobs: the runner's calls to the cluster are answered by it
     api = closed.client(closed.create_user(unique("user")))

@@ -354,6 +354,20 @@ def test_put_knobs_rejects_bad_values(body):
         assert client.get("/_sim/knobs").json() == before
 
 
+@pytest.mark.parametrize("method, path", [("PUT", "/_sim/knobs"), ("POST", "/tms/v1/set-action"),
+                                          ("POST", "/tms/v1/appstatus/batch")])
+def test_an_oversized_body_is_refused_unread(method, path):
+    big = b'{"fail_cids": {"' + b"C" * simulator_module.MAX_BODY_BYTES + b'": "x"}}'
+    with make_client() as client:
+        declared = client.request(method, path, content=big)
+        assert declared.status_code == 413 and "larger than" in declared.json()["error"]
+        # without a Content-Length (chunked), reading stops at the limit
+        streamed = client.request(method, path, content=iter([big[:1_000_000]] * 5))
+        assert streamed.status_code == 413
+        assert client.get("/_sim/knobs").json()["fail_cids"] == {}
+        assert client.get("/_sim/stats").json()["customers_applied"] == 0
+
+
 def test_put_knobs_seed_customers_adds_customers():
     with make_client() as client:
         client.put("/_sim/knobs", json={"seed_customers": 3})

@@ -16,6 +16,7 @@ import dataclasses
 import enum
 import hashlib
 import hmac
+import json
 import math
 import random
 import secrets
@@ -40,6 +41,9 @@ MAX_STORED_RESULTS = 2_000_000
 MAX_APPSTATUS_CIDS = 1000
 MAX_SEED_CUSTOMERS = 999_999  # seeded cids are "C" + 6 digits
 MAX_PAGE_SIZE = 10_000
+# A set-action batch is at most 1,000 customers (JOBMON_BATCH_SIZE), well under this; anything
+# bigger is refused before it is read into memory, on the open API as on the controls.
+MAX_BODY_BYTES = 4 * 1024 * 1024
 ENV_PREFIX = "JOBMON_SIM_"
 HIDDEN = "(hidden)"  # what the knob answers show for a required_token that is set
 
@@ -292,12 +296,22 @@ class SimulatedCluster:
         return None
 
     @staticmethod
-    async def _json_object(request: Request) -> dict[str, Any] | None:
+    async def _json_object(request: Request) -> dict[str, Any] | Response:
+        """The body as a JSON object, or the 400 or 413 answer to give instead."""
+        declared = request.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+            return _error(413, f"body larger than {MAX_BODY_BYTES} bytes")
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > MAX_BODY_BYTES:  # stop reading: a body without a length is capped too
+                return _error(413, f"body larger than {MAX_BODY_BYTES} bytes")
+            chunks.append(chunk)
         try:
-            body = await request.json()
+            body = json.loads(b"".join(chunks))
         except (ValueError, UnicodeDecodeError):
-            return None
-        return body if isinstance(body, dict) else None
+            body = None
+        return body if isinstance(body, dict) else _error(400, "body must be a JSON object")
 
     async def set_action(self, request: Request) -> Response:
         """POST /tms/v1/set-action: apply an action to customers, once per request_id."""
@@ -313,8 +327,8 @@ class SimulatedCluster:
         if (denied := await self._gate(request)) is not None:
             return denied
         body = await self._json_object(request)
-        if body is None:
-            return _error(400, "body must be a JSON object")
+        if isinstance(body, Response):
+            return body
         action, code = body.get("action"), body.get("action_code")
         cids, request_id = body.get("customer_ids"), body.get("request_id")
         if not isinstance(action, str) or not action:
@@ -395,8 +409,8 @@ class SimulatedCluster:
             return _error(knobs.appstatus_batch_status,
                           f"simulated HTTP {knobs.appstatus_batch_status}")
         body = await self._json_object(request)
-        if body is None:
-            return _error(400, "body must be a JSON object")
+        if isinstance(body, Response):
+            return body
         cids, app = body.get("cids"), body.get("app", "ALL")
         if not isinstance(cids, list) or not all(isinstance(c, str) and c for c in cids):
             return _error(400, "'cids' must be a list of non-empty strings")
@@ -442,8 +456,8 @@ class SimulatedCluster:
         """PUT /_sim/knobs: change some knobs; all or nothing."""
         await self._allow_control(request)
         body = await self._json_object(request)
-        if body is None:
-            return _error(400, "body must be a JSON object")
+        if isinstance(body, Response):
+            return body
         unknown = sorted(set(body) - set(_KNOB_KINDS))
         if unknown:
             return _error(400, f"unknown knob(s): {', '.join(unknown)}")
