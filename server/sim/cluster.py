@@ -225,8 +225,8 @@ class SimulatedCluster:
         self._initial_knobs = copy.deepcopy(knobs or SimulatorKnobs())
         self.rng = rng or random.Random()
         self._control_guard = control_guard  # None: the controls are open to whoever reaches them
-        # a fingerprint is keyed by a secret of this process, so a short or guessable token cannot
-        # be found from it by trying candidates
+        # fingerprints are keyed by a secret drawn for this cluster (never shown), so a short or
+        # guessable token cannot be found from its fingerprint by hashing candidates
         self._fingerprint_key = secrets.token_bytes(32)
         self._in_flight = 0  # set-action calls open now (not reset: some may still be running)
         self.reset()
