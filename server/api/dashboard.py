@@ -16,8 +16,8 @@ from starlette.routing import Route
 from server.accounts.store import Principal, Scope
 from server.api.common import (
     MAX_JSON_BYTES,
+    IDEMPOTENCY_HEADER,
     OrjsonResponse,
-    described,
     idempotency_key,
     only_params,
     query_int,
@@ -25,6 +25,8 @@ from server.api.common import (
     read_body,
     services,
 )
+from server.api.models import DeploymentsQuery, LimitQuery, NoQuery, PageQuery, PipelineJobsQuery
+from server.api.spec import operation
 from server.errors import BadRequest
 from server.jobs.store import parse_job_id
 from server.parsing import parse_status_list
@@ -92,7 +94,11 @@ def _created(record: dict, key: str, created: bool) -> OrjsonResponse:
 
 
 # -- pipeline jobs -----------------------------------------------------------------------------
-@described(NewPipelineJob, PipelineJobAnswer, 201)
+@operation(auth=Scope.AGENT, body=NewPipelineJob, responses={201: PipelineJobAnswer, 200: PipelineJobAnswer},
+           headers=IDEMPOTENCY_HEADER, links={201: {
+               name: (target, {"job_id": "$response.body#/job/job_id"})
+               for name, target in [("GetPipelineJob", "dashboard_get_job"), ("UpdatePipelineJob", "dashboard_update_job"),
+                                    ("CompletePipelineJob", "dashboard_complete_job")]}})
 async def create_job(request: Request) -> OrjsonResponse:
     """Report a new pipeline job (201; the same job again, 200, for a repeated Idempotency-Key)."""
     s = services(request)
@@ -103,7 +109,7 @@ async def create_job(request: Request) -> OrjsonResponse:
     return _created(job, "job", created)
 
 
-@described(answer=PipelineJobPage)
+@operation(auth=Scope.READ, query=PipelineJobsQuery, responses={200: PipelineJobPage})
 async def list_jobs(request: Request) -> OrjsonResponse:
     """Pipeline jobs newest first, by status (several allowed), agent or repo, one page per cursor."""
     principal = await _reader(request)
@@ -115,7 +121,7 @@ async def list_jobs(request: Request) -> OrjsonResponse:
         cursor=cursor, limit=limit))
 
 
-@described(answer=PipelineJobPage)
+@operation(auth=Scope.READ, query=LimitQuery, responses={200: PipelineJobPage})
 async def running_jobs(request: Request) -> OrjsonResponse:
     """Pending, queued and running pipeline jobs, newest first."""
     principal = await _reader(request)
@@ -125,7 +131,8 @@ async def running_jobs(request: Request) -> OrjsonResponse:
     return OrjsonResponse({"jobs": page["jobs"]})
 
 
-@described(answer=PipelineJobPage)
+@operation(auth=Scope.READ, query=PageQuery, responses={200: PipelineJobPage},
+           path={"agent_id": {"type": "string", "pattern": AGENT_ID.pattern}})
 async def agent_jobs(request: Request) -> OrjsonResponse:
     """One agent's pipeline jobs, newest first, one page per cursor."""
     principal = await _reader(request)
@@ -138,7 +145,7 @@ async def agent_jobs(request: Request) -> OrjsonResponse:
         user_id=_owner(principal), agent_id=agent_id, cursor=cursor, limit=limit))
 
 
-@described(answer=PipelineJobAnswer)
+@operation(auth=Scope.READ, responses={200: PipelineJobAnswer})
 async def get_job(request: Request) -> OrjsonResponse:
     """One pipeline job."""
     principal = await _reader(request)
@@ -146,7 +153,7 @@ async def get_job(request: Request) -> OrjsonResponse:
     return OrjsonResponse({"job": job})
 
 
-@described(PipelineJobUpdate, PipelineJobAnswer)
+@operation(auth=Scope.AGENT, body=PipelineJobUpdate, responses={200: PipelineJobAnswer}, errors=(409,))
 async def update_job(request: Request) -> OrjsonResponse:
     """A pipeline job's status while it runs (queued, running, cancelled), or `{}`: a heartbeat."""
     principal = await _reporter(request)
@@ -156,7 +163,7 @@ async def update_job(request: Request) -> OrjsonResponse:
     return OrjsonResponse({"job": job})
 
 
-@described(PipelineJobCompletion, PipelineJobAnswer)
+@operation(auth=Scope.AGENT, body=PipelineJobCompletion, responses={200: PipelineJobAnswer}, errors=(409,))
 async def complete_job(request: Request) -> OrjsonResponse:
     """Finish a pipeline job: exit code 0 is success, another failed (or the status sent)."""
     principal = await _reporter(request)
@@ -167,7 +174,12 @@ async def complete_job(request: Request) -> OrjsonResponse:
 
 
 # -- deployments -------------------------------------------------------------------------------
-@described(NewDeployment, DeploymentAnswer, 201)
+@operation(auth=Scope.AGENT, body=NewDeployment, responses={201: DeploymentAnswer, 200: DeploymentAnswer},
+           headers=IDEMPOTENCY_HEADER, links={201: {
+               name: (target, {"deployment_id": "$response.body#/deployment/id"})
+               for name, target in [("GetDeployment", "dashboard_get_deployment"), ("Stage", "dashboard_stage"),
+                                    ("Promote", "dashboard_promote"), ("RollBack", "dashboard_roll_back"),
+                                    ("Fail", "dashboard_fail"), ("Metrics", "dashboard_record_metrics")]}})
 async def create_deployment(request: Request) -> OrjsonResponse:
     """Announce a deployment of a service version (201, status pending)."""
     s = services(request)
@@ -185,7 +197,7 @@ async def create_deployment(request: Request) -> OrjsonResponse:
     return _created(deployment, "deployment", created)
 
 
-@described(answer=DeploymentPage)
+@operation(auth=Scope.READ, query=DeploymentsQuery, responses={200: DeploymentPage})
 async def list_deployments(request: Request) -> OrjsonResponse:
     """Deployments newest first, by status or service, one page per cursor."""
     principal = await _reader(request)
@@ -196,7 +208,8 @@ async def list_deployments(request: Request) -> OrjsonResponse:
         service_name=_service_name(query_text(request, "service_name", 100)), cursor=cursor, limit=limit))
 
 
-@described(answer=DeploymentPage)
+@operation(auth=Scope.READ, query=PageQuery, responses={200: DeploymentPage},
+           path={"service_name": {"type": "string", "pattern": SERVICE_NAME}})
 async def service_deployments(request: Request) -> OrjsonResponse:
     """One service's deployments, newest first, one page per cursor."""
     principal = await _reader(request)
@@ -214,7 +227,7 @@ def _service_name(raw: str | None) -> str | None:
     return raw
 
 
-@described(answer=DeploymentAnswer)
+@operation(auth=Scope.READ, responses={200: DeploymentAnswer})
 async def get_deployment(request: Request) -> OrjsonResponse:
     """One deployment."""
     principal = await _reader(request)
@@ -226,7 +239,6 @@ async def get_deployment(request: Request) -> OrjsonResponse:
 def _step(model: type[Body], method_name: str, doc: str):
     """A route that moves a deployment on with a body of `model` (PipelineStore.<method_name>)."""
 
-    @described(model, DeploymentAnswer)
     async def endpoint(request: Request) -> OrjsonResponse:
         principal = await _reporter(request)
         deployment_id = _deployment_id(request)
@@ -236,7 +248,7 @@ def _step(model: type[Body], method_name: str, doc: str):
 
     endpoint.__name__ = endpoint.__qualname__ = method_name
     endpoint.__doc__ = doc
-    return endpoint
+    return operation(auth=Scope.AGENT, body=model, responses={200: DeploymentAnswer}, errors=(409,))(endpoint)
 
 
 stage_deployment = _step(DeploymentStep, "stage", "Deployed to staging (staged), or being deployed there (staging).")
@@ -248,7 +260,7 @@ deployment_metrics = _step(DeploymentMetrics, "record_metrics", "Error rate, lat
 
 
 # -- summary -----------------------------------------------------------------------------------
-@described(answer=Summary)
+@operation(auth=Scope.READ, query=NoQuery, responses={200: Summary})
 async def summary(request: Request) -> OrjsonResponse:
     """Running and failed-today jobs, today's deployments, the newest ones, and what is live where."""
     principal = await _reader(request)
