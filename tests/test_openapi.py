@@ -115,7 +115,7 @@ def test_links_from_created_records_hold(world, api_schema):
         def validate_response(self, response, case, additional_checks=None, **kwargs):
             case.validate_response(response, checks=CHECKS)
 
-    Workflow.run(settings=settings(max_examples=30, stateful_step_count=6, **SETTINGS))
+    Workflow.run(settings=settings(max_examples=80, stateful_step_count=8, **SETTINGS))
 
 
 def test_the_description_has_every_route_with_its_models_and_credentials(world):
