@@ -20,13 +20,12 @@ from server.api import models
 from server.api.common import (
     OrjsonResponse,
     client_ip,
-    json_object,
     only_params,
     query_int,
     query_text,
     services,
 )
-from server.api.spec import ADMIN, operation
+from server.api.spec import ADMIN, json_body, operation
 from server.errors import AppError, BadRequest
 from server.jobs.catalogue import resolve_action
 from server.jobs.store import CustomerStatus, JobStatus
@@ -261,12 +260,8 @@ async def create_user(request: Request) -> OrjsonResponse:
     s = services(request)
     principal = await s.auth.require_admin(request)
     only_params(request, set())
-    body = await json_object(request, limit=8 * 1024)
-    unknown = sorted(set(body) - {"username", "password", "role"})
-    if unknown:
-        raise _bad(unknown[0], f"Unknown field {unknown[0][:40]!r}; send username, password and role")
-    role = body.get("role", "user")
-    user = await s.accounts.create_user(body.get("username"), body.get("password"), role)
+    body = await json_body(request, models.NewUser, 8 * 1024)
+    user = await s.accounts.create_user(body.username, body.password, body.role)
     await s.audit.record("user_created", user_id=principal.user_id, username=principal.username,
                          subject=user["username"], detail={"id": user["id"], "role": user["role"]},
                          ip=client_ip(request))

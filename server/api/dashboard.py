@@ -19,9 +19,6 @@ from server.api.common import (
     IDEMPOTENCY_HEADER,
     OrjsonResponse,
     idempotency_key,
-    only_params,
-    query_int,
-    query_text,
     read_body,
     services,
 )
@@ -52,7 +49,6 @@ from server.pipelines.models import (
     parse_body,
 )
 
-MAX_PAGE = 100
 AGENT_ID = re.compile(r"^[^\x00-\x1f\x7f]{1,100}$")
 
 
@@ -81,12 +77,8 @@ def _deployment_id(request: Request) -> str:
     return parse_job_id(request.path_params["deployment_id"], field="id")
 
 
-def _statuses(request: Request, valid) -> tuple[str, ...]:
-    return parse_status_list(query_text(request, "status", 200), [s.value for s in valid], case=str.lower)
-
-
-def _page_params(request: Request) -> tuple[str | None, int]:
-    return query_text(request, "cursor", 500), query_int(request, "limit", 50, 1, MAX_PAGE)
+def _statuses(raw: str | None, valid) -> tuple[str, ...]:
+    return parse_status_list(raw, [s.value for s in valid], case=str.lower)
 
 
 def _created(record: dict, key: str, created: bool) -> OrjsonResponse:
@@ -113,21 +105,18 @@ async def create_job(request: Request) -> OrjsonResponse:
 async def list_jobs(request: Request) -> OrjsonResponse:
     """Pipeline jobs newest first, by status (several allowed), agent or repo, one page per cursor."""
     principal = await _reader(request)
-    only_params(request, {"status", "agent_id", "repo", "cursor", "limit"})
-    cursor, limit = _page_params(request)
+    query: PipelineJobsQuery = request.state.query
     return OrjsonResponse(await services(request).pipelines.list_jobs(
-        user_id=_owner(principal), statuses=_statuses(request, PipelineStatus),
-        agent_id=query_text(request, "agent_id", 100), repo=query_text(request, "repo", 200),
-        cursor=cursor, limit=limit))
+        user_id=_owner(principal), statuses=_statuses(query.status, PipelineStatus),
+        agent_id=query.agent_id, repo=query.repo, cursor=query.cursor, limit=query.limit))
 
 
 @operation(auth=Scope.READ, query=LimitQuery, responses={200: PipelineJobPage})
 async def running_jobs(request: Request) -> OrjsonResponse:
     """Pending, queued and running pipeline jobs, newest first."""
     principal = await _reader(request)
-    only_params(request, {"limit"})
     page = await services(request).pipelines.list_jobs(
-        user_id=_owner(principal), statuses=ACTIVE_PIPELINE, limit=query_int(request, "limit", 50, 1, MAX_PAGE))
+        user_id=_owner(principal), statuses=ACTIVE_PIPELINE, limit=request.state.query.limit)
     return OrjsonResponse({"jobs": page["jobs"]})
 
 
@@ -136,13 +125,12 @@ async def running_jobs(request: Request) -> OrjsonResponse:
 async def agent_jobs(request: Request) -> OrjsonResponse:
     """One agent's pipeline jobs, newest first, one page per cursor."""
     principal = await _reader(request)
-    only_params(request, {"cursor", "limit"})
     agent_id = request.path_params["agent_id"]
     if not AGENT_ID.fullmatch(agent_id):
         raise BadRequest("'agent_id' is 1-100 characters", code="validation_error", details={"field": "agent_id"})
-    cursor, limit = _page_params(request)
+    query: PageQuery = request.state.query
     return OrjsonResponse(await services(request).pipelines.list_jobs(
-        user_id=_owner(principal), agent_id=agent_id, cursor=cursor, limit=limit))
+        user_id=_owner(principal), agent_id=agent_id, cursor=query.cursor, limit=query.limit))
 
 
 @operation(auth=Scope.READ, responses={200: PipelineJobAnswer})
@@ -201,11 +189,10 @@ async def create_deployment(request: Request) -> OrjsonResponse:
 async def list_deployments(request: Request) -> OrjsonResponse:
     """Deployments newest first, by status or service, one page per cursor."""
     principal = await _reader(request)
-    only_params(request, {"status", "service_name", "cursor", "limit"})
-    cursor, limit = _page_params(request)
+    query: DeploymentsQuery = request.state.query
     return OrjsonResponse(await services(request).pipelines.list_deployments(
-        user_id=_owner(principal), statuses=_statuses(request, DeploymentStatus),
-        service_name=_service_name(query_text(request, "service_name", 100)), cursor=cursor, limit=limit))
+        user_id=_owner(principal), statuses=_statuses(query.status, DeploymentStatus),
+        service_name=query.service_name, cursor=query.cursor, limit=query.limit))
 
 
 @operation(auth=Scope.READ, query=PageQuery, responses={200: DeploymentPage},
@@ -213,15 +200,14 @@ async def list_deployments(request: Request) -> OrjsonResponse:
 async def service_deployments(request: Request) -> OrjsonResponse:
     """One service's deployments, newest first, one page per cursor."""
     principal = await _reader(request)
-    only_params(request, {"cursor", "limit"})
-    cursor, limit = _page_params(request)
+    query: PageQuery = request.state.query
     return OrjsonResponse(await services(request).pipelines.list_deployments(
         user_id=_owner(principal), service_name=_service_name(request.path_params["service_name"]),
-        cursor=cursor, limit=limit))
+        cursor=query.cursor, limit=query.limit))
 
 
-def _service_name(raw: str | None) -> str | None:
-    if raw is not None and not re.fullmatch(SERVICE_NAME, raw):
+def _service_name(raw: str) -> str:
+    if not re.fullmatch(SERVICE_NAME, raw):
         raise BadRequest("'service_name' is 1-100 letters, digits, '.', '_' or '-'", code="validation_error",
                          details={"field": "service_name"})
     return raw
@@ -264,7 +250,6 @@ deployment_metrics = _step(DeploymentMetrics, "record_metrics", "Error rate, lat
 async def summary(request: Request) -> OrjsonResponse:
     """Running and failed-today jobs, today's deployments, the newest ones, and what is live where."""
     principal = await _reader(request)
-    only_params(request, set())
     return OrjsonResponse(await services(request).pipelines.summary(_owner(principal)))
 
 

@@ -232,9 +232,12 @@ class AppStatus(BaseModel):
     appstatus: dict[str, AppStatusEntry]
 
 
+TtlSeconds = Whole(1, 7 * 86_400, description="how fresh a cached status must be")
+
+
 class AppStatusQuery(OpenQuery):
     app: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")] = "ALL"
-    ttl_seconds: Whole(1, 7 * 86_400, description="the cache entries' freshness") | None = None
+    ttl_seconds: TtlSeconds | None = None
     skip_cache: Annotated[bool, Field(description="true: ask the cluster for every customer")] = False
 
 
@@ -616,13 +619,16 @@ class NotReady(BaseModel):
 
 
 # -- CI/CD agents (the bodies and records are in server.pipelines.models) -------------------------
+MAX_PAGE = 100  # pipeline jobs or deployments per page
+
+
 class PageQuery(Query):
     cursor: Cursor | None = None
-    limit: Whole(1, 100) = 50
+    limit: Whole(1, MAX_PAGE) = 50
 
 
 class LimitQuery(Query):
-    limit: Whole(1, 100) = 50
+    limit: Whole(1, MAX_PAGE) = 50
 
 
 class PipelineJobsQuery(PageQuery):

@@ -149,10 +149,10 @@ def _field_error(model: type[BaseModel], exc: ValidationError, where: str) -> Ba
 
 
 def parse_query(model: type[Query], request: Request) -> Query:
-    """The query string as `model` (an empty value is left out: the default)."""
+    """The query string as `model` (an empty or blank value is left out: the default)."""
     values = {}
     for name, value in request.query_params.multi_items():
-        if value or (model.model_config.get("extra") == "forbid" and name not in model.model_fields):
+        if value.strip() or (model.model_config.get("extra") == "forbid" and name not in model.model_fields):
             values[name] = value  # (an unknown one is refused even when empty)
     try:
         return model.model_validate(values)
