@@ -19,6 +19,7 @@ from server.api import dashboard as dashboard_routes
 from server.api import jobs as jobs_routes
 from server.api import ops
 from server.api import scope as scope_routes
+from server.api import system as system_routes
 from server.api.common import OrjsonResponse
 from server.config import ConfigError, Settings
 from server.errors import AppError, error_body
@@ -92,7 +93,7 @@ def create_app(settings: Settings, *, self_url: str = "http://127.0.0.1:8000", e
     """Build the ASGI app: Starlette routes wrapped by the Socket.IO server."""
     install_fast_writer()  # Engine.IO's per-socket writer without a Task per packet (Python 3.11)
     sio = create_socketio_server(settings)
-    route_modules = [auth_routes, jobs_routes, dashboard_routes, scope_routes, admin_routes, ops]
+    route_modules = [auth_routes, jobs_routes, dashboard_routes, scope_routes, admin_routes, system_routes, ops]
     # read now, so a wrong clusters file stops start-up with a message naming the variable
     cluster_list = _clusters(settings, self_url)
 

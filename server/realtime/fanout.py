@@ -90,6 +90,11 @@ class Fanout:
             self.admins.discard(sid)
         return state
 
+    @property
+    def queue_depth(self) -> int:
+        """Batches of committed events waiting for this node's consumer."""
+        return self._queue.qsize()
+
     def last_delivered(self, user_id: int) -> int | None:
         return self._last.get(user_id)
 
