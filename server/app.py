@@ -118,4 +118,7 @@ def create_app(settings: Settings, *, self_url: str = "http://127.0.0.1:8000", e
         exception_handlers={AppError: _app_error, HTTPException: _http_error, Exception: _server_error},
     )
     app.add_middleware(SecurityHeaders)
-    return socketio.ASGIApp(sio, other_asgi_app=app, socketio_path="socket.io")
+    # the same Socket.IO server on two paths: /socket.io, and /admin/socket.io for clients of the
+    # design's admin protocol (the same connections, auth and events; lifespan passes through both)
+    admin_path = socketio.ASGIApp(sio, other_asgi_app=app, socketio_path="admin/socket.io")
+    return socketio.ASGIApp(sio, other_asgi_app=admin_path, socketio_path="socket.io")
