@@ -21,6 +21,10 @@ function number(value, unit, digits = 1) {
   return value === null || value === undefined ? '–' : `${Number(value).toFixed(digits)} ${unit}`;
 }
 
+function lag(ms) {
+  return number(ms, 'ms', ms !== null && ms !== undefined && ms < 1 ? 2 : 1); // an idle loop: hundredths of a ms
+}
+
 function pool(node) {
   const max = node.db_pool_max === null || node.db_pool_max === undefined ? '' : ` / ${node.db_pool_max}`;
   return `${formatCount(node.db_pool_in_use)} in use${max} · ${formatCount(node.db_pool_idle)} idle`;
@@ -44,7 +48,7 @@ function nodeRow(node) {
     el('td', { class: 'num', text: number(node.cpu_percent, '%') }),
     el('td', { class: 'num', text: formatBytes(node.rss_bytes) }),
     el('td', { class: 'num', text: node.loop_lag_ms === null || node.loop_lag_ms === undefined ? '–'
-      : `${number(node.loop_lag_ms, 'ms')} / ${number(node.loop_lag_avg_ms, 'ms')}` }),
+      : `${lag(node.loop_lag_ms)} / ${lag(node.loop_lag_avg_ms)}` }),
     el('td', { class: 'num', text: formatCount(node.sockets) }),
     el('td', { class: 'num', text: formatCount(node.jobs_running) }),
     el('td', { class: 'num', text: formatCount(node.fanout_queue) }),
