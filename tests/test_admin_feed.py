@@ -5,10 +5,12 @@ and errors as `error` events that change nothing."""
 from __future__ import annotations
 
 import asyncio
+import uuid
 
 import pytest
 
 from realtime_client import SioClient, session_cookie, start
+from support import REDIS_URL, require_redis
 
 pytestmark = pytest.mark.asyncio
 
@@ -168,5 +170,32 @@ async def test_bad_filters_get_an_error_event_naming_the_field_and_keep_the_feed
         bobs = await finish(server.client(bob), ["B2"])
         await barrier(root, admin_api)
         assert {j["job_id"] for j in others(root, admin["id"])} == {bobs["job_id"]}
+    finally:
+        await root.close()
+
+
+@pytest.mark.slow
+@pytest.mark.postgres
+@pytest.mark.redis
+@pytest.mark.parametrize("backend", ["postgres"])  # several nodes need a shared database server
+async def test_filters_apply_to_jobs_run_on_another_node(backend, make_server, sim):
+    """Two nodes sharing PostgreSQL and Redis: an admin filtered on node B gets what matches of jobs
+    started on node A, and nothing else; each node lists the other in /admin/system."""
+    require_redis()
+    env = {"REDIS_URL": REDIS_URL, "REDIS_CHANNEL": f"test-{uuid.uuid4().hex[:8]}", "SYSTEM_INTERVAL": "0.2"}
+    node_a, node_b = make_server(**env), make_server(**env)
+    admin = await asyncio.to_thread(node_a.create_user, "boss", "admin")
+    alice = await asyncio.to_thread(node_a.create_user, "alice")
+    bob = await asyncio.to_thread(node_a.create_user, "bob")
+    admin_b = node_b.client(admin)
+    root = await connect(node_b, cookie=session_cookie(admin_b))
+    try:
+        assert (await root.call("subscribe:jobs", {"user": "alice", "status": "SUCCESS"}))["ok"] is True
+        alices = await finish(node_a.client(alice), ["M1"])
+        await finish(node_a.client(bob), ["M2"])
+        await barrier(root, node_a.client(admin))
+        assert [(j["job_id"], j["status"]) for j in others(root, admin["id"])] == [(alices["job_id"], "SUCCESS")]
+        listed = await asyncio.to_thread(lambda: admin_b.get("/admin/system").json())
+        assert listed["live"] == 2
     finally:
         await root.close()
