@@ -20,6 +20,7 @@ from server.api import jobs as jobs_routes
 from server.api import ops
 from server.api import scope as scope_routes
 from server.api import system as system_routes
+from server.api.allow import allow_header
 from server.api.common import OrjsonResponse
 from server.config import ConfigError, Settings
 from server.errors import AppError, error_body
@@ -41,8 +42,16 @@ async def _app_error(request: Request, exc: AppError) -> Response:
 
 async def _http_error(request: Request, exc: HTTPException) -> Response:
     codes = {404: "not_found", 405: "method_not_allowed"}
-    body = error_body(codes.get(exc.status_code, "http_error"), str(exc.detail))
-    return OrjsonResponse(body, status_code=exc.status_code, headers=getattr(exc, "headers", None))
+    headers = dict(getattr(exc, "headers", None) or {})
+    details = None
+    if exc.status_code == 405:
+        # Starlette names the methods of one route only; a path may be served by several
+        allowed = allow_header(request.app.router.routes, request.scope) or headers.get("Allow")
+        if allowed:
+            headers["Allow"] = allowed
+        details = {"method": request.method, "allowed": allowed.split(", ") if allowed else []}
+    body = error_body(codes.get(exc.status_code, "http_error"), str(exc.detail), details)
+    return OrjsonResponse(body, status_code=exc.status_code, headers=headers or None)
 
 
 async def _server_error(request: Request, exc: Exception) -> Response:
@@ -75,6 +84,18 @@ class SecurityHeaders:
             await send(message)
 
         await self.app(scope, receive, send_with_headers)
+
+
+def _sim_control_guard(settings: Settings):
+    """Who may use the embedded simulator's `/sim/_sim` controls: anyone in demo mode, else only
+    an admin acting as admin (a session, with its CSRF token on writes, or an admin-scoped token)."""
+    if settings.demo:
+        return None
+
+    async def admins_only(request: Request) -> None:
+        await request.state.services.auth.require_admin(request)
+
+    return admins_only
 
 
 def _clusters(settings: Settings, self_url: str) -> list[Cluster]:
@@ -111,7 +132,11 @@ def create_app(settings: Settings, *, self_url: str = "http://127.0.0.1:8000", e
             knobs = knobs_from_env(settings.sim_env)
         except ValueError as exc:  # the message names the JOBMON_SIM_ variable
             raise ConfigError(str(exc)) from None
-        routes.append(Mount("/sim", app=create_simulator_app(knobs)))
+        simulator = create_simulator_app(knobs, control_guard=_sim_control_guard(settings))
+        # its refusals and its 404/405 answers in the app's error envelope, like every other path
+        simulator.add_exception_handler(AppError, _app_error)
+        simulator.add_exception_handler(HTTPException, _http_error)
+        routes.append(Mount("/sim", app=simulator))
     app = Starlette(
         routes=routes,
         lifespan=lifespan,

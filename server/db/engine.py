@@ -97,7 +97,7 @@ class Db:
             # databases opens a new aiosqlite connection (and thread) per use; reuse them instead
             install_sqlite_pool(self.database, self._sqlite_pool)
             self.batcher = WriteBatcher(self.writing, self._sqlite_pool)
-            self._checkpointer = WalCheckpointer(path)
+            self._checkpointer = WalCheckpointer(path, self.writing)
             # WAL readers do not wait for the writer; a short busy timeout for the rare cases they do
             self._point_reader = sqlite3.connect(path, isolation_level=None, timeout=0.05, check_same_thread=False)
             self._point_reader.execute("PRAGMA query_only=1")
