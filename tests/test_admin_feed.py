@@ -42,7 +42,8 @@ def others(client: SioClient, own_user_id: int) -> list[dict]:
     return [u["job"] for u in client.updates() if u["job"]["user_id"] != own_user_id]
 
 
-async def test_an_admin_gets_only_the_jobs_its_filters_match_until_it_unsubscribes(server, sim, sim2, admin, alice, bob):
+async def test_an_admin_gets_only_the_jobs_its_filters_match_until_it_unsubscribes(server, sim, sim2, admin, alice,
+                                                                                   bob):
     admin_api, alice_api, bob_api = server.client(admin), server.client(alice), server.client(bob)
     root = await connect(server, cookie=session_cookie(admin_api))
     try:

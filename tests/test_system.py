@@ -85,7 +85,7 @@ async def test_every_live_node_is_listed_with_its_own_figures(make_server, sim, 
     job = await asyncio.to_thread(a.client(alice).start, ["S1"])
     answer = await asyncio.to_thread(
         wait_until, lambda: system(on_a),
-        lambda x: sum(n["jobs_running"] for n in x["nodes"]) == 1 and sum(n["upstream_in_flight"] for n in x["nodes"]) == 1,
+        lambda x: [sum(n[k] for n in x["nodes"]) for k in ("jobs_running", "upstream_in_flight")] == [1, 1],
         "the running job and its upstream call")
     runner = next(n for n in answer["nodes"] if n["jobs_running"] == 1)
     assert runner["upstream_in_flight"] == 1
