@@ -98,6 +98,26 @@ def _sim_control_guard(settings: Settings):
     return admins_only
 
 
+class SocketIOApp(socketio.ASGIApp):
+    """python-socketio's ASGI app around the Starlette app (`other_asgi_app`), with the same
+    Socket.IO server at `/socket.io` and at `/admin/socket.io`, the path clients of the design's admin
+    protocol connect to: the same connections, authentication and events on both."""
+
+    ADMIN_PATH = "/admin/socket.io"
+
+    def __init__(self, sio: socketio.AsyncServer, app):
+        super().__init__(sio, other_asgi_app=app, socketio_path="socket.io")
+        self.admin_path = socketio.ASGIApp(sio, socketio_path=self.ADMIN_PATH)
+
+    async def __call__(self, scope, receive, send):
+        path = scope.get("path", "")
+        admin = path == self.ADMIN_PATH or path.startswith(self.ADMIN_PATH + "/")
+        if admin and scope["type"] in ("http", "websocket"):
+            await self.admin_path(scope, receive, send)
+        else:
+            await super().__call__(scope, receive, send)
+
+
 def _clusters(settings: Settings, self_url: str) -> list[Cluster]:
     if settings.clusters_file:
         return load_clusters_file(settings.clusters_file)
@@ -143,7 +163,4 @@ def create_app(settings: Settings, *, self_url: str = "http://127.0.0.1:8000", e
         exception_handlers={AppError: _app_error, HTTPException: _http_error, Exception: _server_error},
     )
     app.add_middleware(SecurityHeaders)
-    # the same Socket.IO server on two paths: /socket.io, and /admin/socket.io for clients of the
-    # design's admin protocol (the same connections, auth and events; lifespan passes through both)
-    admin_path = socketio.ASGIApp(sio, other_asgi_app=app, socketio_path="admin/socket.io")
-    return socketio.ASGIApp(sio, other_asgi_app=admin_path, socketio_path="socket.io")
+    return SocketIOApp(sio, app)
