@@ -413,6 +413,7 @@ class Realtime:
 
 
 def _require_admin(state: SocketState, event: str) -> None:
+    """403 `admin_required` unless the socket is an admin's acting as admin (not a read token)."""
     if not state.principal.is_admin:
         raise Forbidden(f"{event} is for admins (a session, or an admin-scoped token): it would show "
                         "every user's jobs", code="admin_required")

@@ -9,11 +9,8 @@ work (a long callback, a blocking call) wakes it late by as long as it was held 
 from __future__ import annotations
 
 import asyncio
-import logging
 import os
 import time
-
-logger = logging.getLogger(__name__)
 
 LAG_SAMPLE_SECONDS = 0.25  # the sampler's sleep: a finer grain costs a wake-up per sample
 
