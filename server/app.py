@@ -20,6 +20,7 @@ from server.api import jobs as jobs_routes
 from server.api import openapi as openapi_routes
 from server.api import ops
 from server.api import scope as scope_routes
+from server.api import system as system_routes
 from server.api.allow import allow_header
 from server.api.common import OrjsonResponse
 from server.config import ConfigError, Settings
@@ -98,6 +99,26 @@ def _sim_control_guard(settings: Settings):
     return admins_only
 
 
+class SocketIOApp(socketio.ASGIApp):
+    """python-socketio's ASGI app around the Starlette app (`other_asgi_app`), with the same
+    Socket.IO server at `/socket.io` and at `/admin/socket.io`, the path clients of the design's admin
+    protocol connect to: the same connections, authentication and events on both."""
+
+    ADMIN_PATH = "/admin/socket.io"
+
+    def __init__(self, sio: socketio.AsyncServer, app):
+        super().__init__(sio, other_asgi_app=app, socketio_path="socket.io")
+        self.admin_path = socketio.ASGIApp(sio, socketio_path=self.ADMIN_PATH)
+
+    async def __call__(self, scope, receive, send):
+        path = scope.get("path", "")
+        admin = path == self.ADMIN_PATH or path.startswith(self.ADMIN_PATH + "/")
+        if admin and scope["type"] in ("http", "websocket"):
+            await self.admin_path(scope, receive, send)
+        else:
+            await super().__call__(scope, receive, send)
+
+
 def _clusters(settings: Settings, self_url: str) -> list[Cluster]:
     if settings.clusters_file:
         return load_clusters_file(settings.clusters_file)
@@ -114,7 +135,8 @@ def create_app(settings: Settings, *, self_url: str = "http://127.0.0.1:8000", e
     """Build the ASGI app: Starlette routes wrapped by the Socket.IO server."""
     install_fast_writer()  # Engine.IO's per-socket writer without a Task per packet (Python 3.11)
     sio = create_socketio_server(settings)
-    route_modules = [auth_routes, jobs_routes, dashboard_routes, scope_routes, admin_routes, ops, openapi_routes]
+    route_modules = [auth_routes, jobs_routes, dashboard_routes, scope_routes, admin_routes, system_routes, ops,
+                     openapi_routes]
     # read now, so a wrong clusters file stops start-up with a message naming the variable
     cluster_list = _clusters(settings, self_url)
 
@@ -143,4 +165,4 @@ def create_app(settings: Settings, *, self_url: str = "http://127.0.0.1:8000", e
         exception_handlers={AppError: _app_error, HTTPException: _http_error, Exception: _server_error},
     )
     app.add_middleware(SecurityHeaders)
-    return socketio.ASGIApp(sio, other_asgi_app=app, socketio_path="socket.io")
+    return SocketIOApp(sio, app)
