@@ -153,19 +153,28 @@ class HttpMetricsMiddleware:
         started = time.perf_counter()
         root_path = scope.get("root_path", "")
         status = 500  # unless an answer starts: an exception here becomes the error handler's 500
+        counted = False
 
-        async def send_noting_status(message):
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_noting_status)
-        finally:
+        def count() -> None:
+            nonlocal counted
+            counted = True
             method = scope["method"] if scope["method"] in METHODS else "other"
             services.metrics.http_request(method, self.route_template(scope, root_path), status,
                                           time.perf_counter() - started)
+
+        async def send_counting(message):
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            elif message["type"] == "http.response.body" and not message.get("more_body", False):
+                count()  # before the client has it all, so its next request sees it counted
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_counting)
+        finally:
+            if not counted:
+                count()
 
     def route_template(self, scope, root_path: str) -> str:
         """The path template of the route that served the request (such as /api/jobs/{job_id}),
