@@ -104,6 +104,18 @@ async def test_what_must_stay_reachable_is_not_limited(make_server):
         await socket.close()
 
 
+def test_hostile_credentials_are_counted_not_crashed_on(make_server):
+    server = make_server(RATE_LIMIT=6, RATE_BURST=2)
+    api = server.client()
+    for headers in ({"Authorization": "Bearer " + "x" * 8000}, {"Authorization": "Bearer \u00e9t\u00e9".encode()},
+                    {"Authorization": "Basic dXNlcjpwYXNz"}, {"Cookie": "jobmon_session=" + "y" * 4000},
+                    {"Cookie": "jobmon_session=\"; other=;;="}):
+        answers = [api.get("/api/auth/me", headers=headers) for _ in range(3)]
+        assert [r.status_code for r in answers][:2] == [401, 401] or answers[0].status_code == 429, headers
+        assert all(r.status_code in (401, 429) for r in answers), headers
+        assert "error" in answers[-1].json()
+
+
 def test_limits_off_with_zero(make_server):
     server = make_server(RATE_LIMIT=0, RATE_BURST=1)
     anonymous = server.client()
