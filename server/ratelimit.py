@@ -11,9 +11,10 @@ Where the buckets live: with `JOBMON_REDIS_URL`, in Redis (one Lua script per re
 own clock, so every node shares them); without, in this process (a single node). While Redis cannot
 be reached, each node limits on its own in memory, and goes back to Redis a few seconds later.
 
-The principal is found without the database: a bearer token's hash (an unknown token gets a bucket
-of its own and then a 401), the session id inside a session cookie whose signature holds, else
-the client address. Only the API is limited (`/api/...`, `/admin/...`): health, readiness,
+The principal is found without the database: a bearer token's hash, once this node has seen the
+token accepted (until then, and for a made-up token, the client address: rotating invented tokens
+earns no fresh buckets), the session id inside a session cookie whose signature holds, else the
+client address. Only the API is limited (`/api/...`, `/admin/...`): health, readiness,
 metrics, pages and static files, the embedded simulator and the Socket.IO transports (which have
 their own limiter, see realtime.namespace) are not.
 """
@@ -105,6 +106,7 @@ class RateLimiter:
         self._redis = None
         self._script = None
         self._redis_down_until = 0.0
+        self._accepted_tokens: dict[str, None] = {}  # digests, oldest first (bounded by MAX_KEYS)
 
     def __repr__(self) -> str:
         where = "redis" if self._redis_url else "memory"
@@ -112,9 +114,11 @@ class RateLimiter:
 
     @property
     def enabled(self) -> bool:
+        """False with JOBMON_RATE_LIMIT=0."""
         return self.per_minute > 0
 
     async def start(self) -> None:
+        """Connect to Redis when configured (lazily: the first request opens the connection)."""
         if self._redis_url and self.enabled:
             import redis.asyncio as redis
 
@@ -123,11 +127,14 @@ class RateLimiter:
             self._script = self._redis.register_script(GCRA_SCRIPT)
 
     async def stop(self) -> None:
+        """Close the Redis connections."""
         if self._redis is not None:
             await self._redis.aclose()
 
-    def principal_key(self, scope: dict) -> str:
-        """Who a request counts for, found without the database."""
+    def principal_key(self, scope: dict) -> tuple[str, str | None]:
+        """Who a request counts for, found without the database; and the digest of a bearer token
+        this node has not seen accepted yet (until then it counts for the client address, so
+        made-up tokens do not earn a bucket each)."""
         token = session = None
         for name, value in scope.get("headers", ()):
             if name == b"authorization":
@@ -138,15 +145,24 @@ class RateLimiter:
                 cookie = cookie_parser(value.decode("latin-1")).get(SESSION_COOKIE)
                 session = self.auth.unsign_session(cookie) if cookie else None
         if token is not None:  # as the authenticator does, a token wins over a cookie
-            return "token:" + _digest(token)
-        if session is not None:
-            return "session:" + _digest(session)
-        client = scope.get("client")
-        return "address:" + (client[0] if client else "unknown")
+            digest = _digest(token)
+            if digest in self._accepted_tokens:
+                return "token:" + digest, None
+            return _address(scope), digest
+        if session is not None:  # signed: a forged cookie has no session id
+            return "session:" + _digest(session), None
+        return _address(scope), None
 
-    async def wait_seconds(self, scope: dict) -> int:
-        """Count this request: 0 if it may go on, else the whole seconds to wait (at least 1)."""
-        key = self.principal_key(scope)
+    def token_accepted(self, digest: str) -> None:
+        """A request with this token was not refused as unauthenticated: from now on it has its own bucket."""
+        if len(self._accepted_tokens) >= MAX_KEYS:
+            del self._accepted_tokens[next(iter(self._accepted_tokens))]
+        self._accepted_tokens[digest] = None
+
+    async def admit(self, scope: dict) -> tuple[int, str | None]:
+        """Count this request: (0 if it may go on, else the whole seconds to wait, at least 1;
+        the digest of a token to confirm with token_accepted once it is answered other than 401)."""
+        key, unconfirmed = self.principal_key(scope)
         wait = None
         if self._script is not None and time.monotonic() >= self._redis_down_until:
             try:
@@ -159,7 +175,12 @@ class RateLimiter:
                              "seconds.", exc, REDIS_RETRY_SECONDS)
         if wait is None:
             wait = self.memory.take(key, self.interval, self.capacity)
-        return max(1, math.ceil(wait)) if wait > 0 else 0
+        return (max(1, math.ceil(wait)) if wait > 0 else 0), unconfirmed
+
+
+def _address(scope: dict) -> str:
+    client = scope.get("client")
+    return "address:" + (client[0] if client else "unknown")
 
 
 def _digest(secret: str) -> str:
@@ -178,10 +199,23 @@ class RateLimitMiddleware:
             services = scope.get("state", {}).get("services")
             limiter: RateLimiter | None = services.limiter if services is not None else None
             if limiter is not None and limiter.enabled:
-                wait = await limiter.wait_seconds(scope)
+                wait, unconfirmed = await limiter.admit(scope)
                 if wait:
                     return await _too_many(send, limiter, wait)
+                if unconfirmed is not None:
+                    return await self.app(scope, receive, _confirming(send, limiter, unconfirmed))
         await self.app(scope, receive, send)
+
+
+def _confirming(send, limiter: RateLimiter, digest: str):
+    """`send`, telling the limiter when the answer shows the token was accepted (not a 401)."""
+
+    async def send_confirming(message):
+        if message["type"] == "http.response.start" and message["status"] != 401:
+            limiter.token_accepted(digest)
+        await send(message)
+
+    return send_confirming
 
 
 async def _too_many(send, limiter: RateLimiter, wait: int) -> None:

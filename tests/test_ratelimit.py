@@ -22,6 +22,13 @@ def hammer(api, path: str, count: int, threads: int = 4) -> list:
         return list(pool.map(lambda _: api.get(path), range(count)))
 
 
+def introduce(*apis) -> None:
+    """One request per token client: a token's first request on a node counts for the client address
+    (a made-up token never gets further); once accepted, the token has a bucket of its own."""
+    for api in apis:
+        assert api.get("/api/auth/me").status_code == 200
+
+
 def assert_refused(response) -> int:
     """A 429 as the API gives it: the envelope, a whole number of seconds in Retry-After."""
     error = api_error(response, 429)
@@ -56,6 +63,7 @@ def test_a_refused_script_that_waits_as_told_gets_through(make_server):
     server = make_server(RATE_LIMIT=120, RATE_BURST=2)  # one request every 0.5 s after two at once
     user = server.create_user("patient")
     api = server.client(token=server.create_token(user, "read"))
+    introduce(api)
     assert [api.get("/api/jobs/mine").status_code for _ in range(2)] == [200, 200]
     refused = api.get("/api/jobs/mine")
     time.sleep(assert_refused(refused))
@@ -65,21 +73,28 @@ def test_a_refused_script_that_waits_as_told_gets_through(make_server):
 def test_each_token_and_session_has_its_own_bucket_and_anonymous_requests_share_their_address(make_server):
     server = make_server(RATE_LIMIT=6, RATE_BURST=3)  # one more every 10 s: none during the test
     user = server.create_user("two-credentials")
-    first = server.client(token=server.create_token(user, "read"))
-    second = server.client(token=server.create_token(user, "read"))
-    browser = server.client(user)  # logging in is one anonymous request from this address
-    for api in (first, second, browser):
-        codes = [api.get("/api/jobs/mine").status_code for _ in range(4)]
-        assert codes == [200, 200, 200, 429], codes
+    tokens = [server.create_token(user, "read") for _ in range(2)]
     anonymous = server.client()
     assert [anonymous.get("/api/jobs/mine").status_code for _ in range(2)] == [401, 401]
+    server.client(user)  # logging in is the address's third anonymous request
     assert_refused(anonymous.get("/api/jobs/mine"))
     # a login from the same address is anonymous too: refused before the password is checked
     assert_refused(server.client().login(user["username"], user["password"]))
-    # a forged session cookie does not earn a bucket of its own: it counts for the address
+    # a made-up token, or a forged session cookie, counts for the address: refused as well
+    assert_refused(server.client(token="jm_made-up-token").get("/api/jobs/mine"))
     forged = server.client()
     forged.http.cookies.set("jobmon_session", "forged.cookie.value")
     assert_refused(forged.get("/api/jobs/mine"))
+    # so does a real token's first request on a node
+    assert_refused(server.client(token=tokens[0]).get("/api/jobs/mine"))
+
+    other_node = make_server(RATE_LIMIT=6, RATE_BURST=3)  # same database, buckets of its own
+    first, second = (other_node.client(token=token) for token in tokens)
+    browser = other_node.client(user)
+    introduce(first, second)  # with the login, the address's three
+    for api in (first, second, browser):
+        codes = [api.get("/api/jobs/mine").status_code for _ in range(4)]
+        assert codes == [200, 200, 200, 429], codes
 
 
 @pytest.mark.asyncio
@@ -88,10 +103,10 @@ async def test_what_must_stay_reachable_is_not_limited(make_server):
     user = await asyncio.to_thread(server.create_user, "wallboard")
     token = await asyncio.to_thread(server.create_token, user, "read")
     api = server.client(token=token)
-    assert (await asyncio.to_thread(api.get, "/api/jobs/mine")).status_code == 200
+    await asyncio.to_thread(introduce, api)  # the address's one request
+    assert (await asyncio.to_thread(api.get, "/api/jobs/mine")).status_code == 200  # the token's one
     assert_refused(await asyncio.to_thread(api.get, "/api/jobs/mine"))
     anonymous = server.client()
-    assert (await asyncio.to_thread(anonymous.get, "/api/auth/me")).status_code == 401
     assert_refused(await asyncio.to_thread(anonymous.get, "/api/auth/me"))
     for path in ("/healthz", "/readyz", "/metrics", "/", "/wallboard", "/web/js/socket.js") * 3:
         assert (await asyncio.to_thread(anonymous.get, path)).status_code == 200, path
@@ -177,6 +192,7 @@ def test_two_nodes_share_each_principals_bucket_through_redis(redis_nodes):
     script_owner, other = node_a.create_user("script-owner"), node_a.create_user("dashboard-user")
     token = node_a.create_token(script_owner, "read")
     on_a, on_b = node_a.client(token=token), node_b.client(token=token)
+    introduce(on_a, on_b)
     # bursts of 6 (then one every 10 s): with a bucket per node 12 would get through, shared only 6
     answers = [(on_a if i % 2 else on_b).get("/api/jobs/mine") for i in range(24)]
     assert [r.status_code for r in answers].count(200) == 6, [r.status_code for r in answers]
@@ -198,7 +214,7 @@ async def test_while_redis_is_unreachable_each_node_limits_on_its_own(caplog):
     await limiter.start()
     try:
         scope = {"headers": [(b"authorization", b"Bearer some-token")], "client": ("10.0.0.1", 1)}
-        assert [await limiter.wait_seconds(scope) for _ in range(3)] == [0, 0, 1]
+        assert [(await limiter.admit(scope))[0] for _ in range(3)] == [0, 0, 1]
         assert "limiting on this node alone" in caplog.text
     finally:
         await limiter.stop()
