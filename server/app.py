@@ -25,6 +25,8 @@ from server.api.allow import allow_header
 from server.api.common import OrjsonResponse
 from server.config import ConfigError, Settings
 from server.errors import AppError, error_body
+from server.metrics import HttpMetricsMiddleware
+from server.ratelimit import RateLimitMiddleware
 from server.realtime.namespace import create_socketio_server
 from server.realtime.socketio_compat import install_fast_writer
 from server.services import running_services
@@ -164,5 +166,7 @@ def create_app(settings: Settings, *, self_url: str = "http://127.0.0.1:8000", e
         lifespan=lifespan,
         exception_handlers={AppError: _app_error, HTTPException: _http_error, Exception: _server_error},
     )
+    app.add_middleware(RateLimitMiddleware)  # innermost of the three: its 429 gets the headers and is counted
     app.add_middleware(SecurityHeaders)
+    app.add_middleware(HttpMetricsMiddleware, routes=app.routes)
     return SocketIOApp(sio, app)

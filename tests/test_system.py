@@ -133,7 +133,8 @@ def test_only_admins_acting_as_admins_see_the_nodes(server, admin, alice):
     assert system(server.client(token=server.create_token(admin, "admin")))["live"] >= 1
     for query in ("limit=1", "node=%3Cscript%3E", "x" * 300 + "=1"):
         error = api_error(as_admin.get(f"/admin/system?{query}"), 400)
-        assert error["code"] == "validation_error" and error["details"]["field"] == query.split("=")[0][:40]
+        field = error["details"]["field"]  # the parameter's name, cut short when it is long
+        assert error["code"] == "validation_error" and field and query.split("=")[0].startswith(field)
     assert api_error(as_admin.post("/admin/system", json={}), 405)["code"] == "method_not_allowed"
 
 

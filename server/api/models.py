@@ -603,6 +603,41 @@ class NoQuery(Query):
     """A route that takes no query parameters."""
 
 
+class NodeReport(BaseModel):
+    """One node's latest system report (server/system/reports.py)."""
+
+    node_id: str
+    host: str
+    pid: int
+    state: Literal["live", "gone"]
+    this_node: bool
+    started_at: str | None
+    last_seen: str | None
+    seconds_since_report: float
+    interval_seconds: float
+    gone_after_seconds: float
+    cpu_percent: float | None
+    rss_bytes: int | None
+    loop_lag_ms: float | None
+    loop_lag_avg_ms: float | None
+    sockets: int | None
+    jobs_running: int | None
+    fanout_queue: int | None
+    upstream_in_flight: int | None
+    db_pool_in_use: int | None
+    db_pool_idle: int | None
+    db_pool_max: int | None
+
+
+class SystemAnswer(BaseModel):
+    nodes: list[NodeReport]
+    this_node: str
+    live: int
+    gone: int
+    as_of: str
+    interval_seconds: float
+
+
 # -- ops ----------------------------------------------------------------------------------------
 class Health(BaseModel):
     status: Literal["ok"]

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import hmac
+
 from starlette.requests import Request
-from starlette.responses import PlainTextResponse
+from starlette.responses import Response
 from starlette.routing import Route
 
 from server.api.common import OrjsonResponse, services
 from server.api.models import Health, NotReady, Ready
 from server.api.spec import operation
+from server.errors import NotFound, Unauthorized
+from server.metrics import CONTENT_TYPE
 from server.stats.counts import status_counts
 
 
@@ -29,20 +33,20 @@ async def readyz(request: Request) -> OrjsonResponse:
     return OrjsonResponse({"status": "ready", "node": s.runner.node_id})
 
 
-@operation(auth=None, responses={200: "text/plain"}, tags=("ops",))
-async def metrics(request: Request) -> PlainTextResponse:
-    """Prometheus text format: jobs by status, this node's running jobs and sockets."""
+@operation(auth=None, responses={200: "text/plain"}, errors=(401, 404), tags=("ops",))
+async def metrics(request: Request) -> Response:
+    """Prometheus text format: this node's metrics (see server/metrics.py) and jobs by status."""
     s = services(request)
-    lines = ["# HELP jobmon_jobs Jobs by status (all users).", "# TYPE jobmon_jobs gauge"]
-    for status, n in (await status_counts(s.db)).items():
-        lines.append(f'jobmon_jobs{{status="{status}"}} {n}')
-    lines += ["# HELP jobmon_node_running_jobs Jobs this node is executing.",
-              "# TYPE jobmon_node_running_jobs gauge",
-              f"jobmon_node_running_jobs {len(s.runner.running_jobs)}"]
-    lines += ["# HELP jobmon_node_sockets Socket.IO clients connected to this node.",
-              "# TYPE jobmon_node_sockets gauge",
-              f"jobmon_node_sockets {s.realtime.connected_count}"]
-    return PlainTextResponse("\n".join(lines) + "\n", media_type="text/plain; version=0.0.4")
+    if not s.settings.metrics:
+        raise NotFound("Metrics are turned off on this server (JOBMON_METRICS=off)")
+    expected = s.settings.metrics_token
+    if expected:
+        scheme, _, sent = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(sent.strip().encode(), expected.encode()):
+            raise Unauthorized("Metrics need the scrape token: 'Authorization: Bearer <JOBMON_METRICS_TOKEN>'",
+                               code="invalid_token")
+    text = s.metrics.exposition(await status_counts(s.db))
+    return Response(text, media_type=CONTENT_TYPE)
 
 
 def routes() -> list[Route]:

@@ -29,6 +29,7 @@ from server.accounts.store import Scope
 from server.api.common import read_body
 from server.errors import BadRequest
 from server.pipelines.models import parse_body
+from server.ratelimit import is_limited
 
 ADMIN = "admin"  # `auth=ADMIN`: an admin acting as admin (a session, or an admin-scoped token)
 PATH_PARAMETER = re.compile(r"{([^}:]+)(?::[^}]+)?}")
@@ -324,6 +325,8 @@ def openapi_document(routes: list, *, title: str, version: str) -> dict:
                     implied.append(404)
                 if op.body is not None or op.form is not None:
                     implied.append(413)
+                if is_limited(route.path):
+                    implied.append(429)  # the API's rate limits (server/ratelimit.py)
                 for status in implied:
                     statuses.setdefault(status, refs[(Error, "serialization")])
                 scope = _scope_text(op.auth)

@@ -14,6 +14,7 @@ events with `resume` and then goes live again never gets one twice.
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 from dataclasses import dataclass, field
 from typing import Any
@@ -63,6 +64,7 @@ class Fanout:
         self.by_user: dict[int, set[str]] = {}
         self.admins: set[str] = set()
         self.delivered = 0  # socket deliveries, for metrics and benchmarks
+        self.dropped: collections.Counter[str] = collections.Counter()  # events not delivered live, by reason
         self._last: dict[int, int] = {}  # user id -> last event id delivered to live sockets here
         self._queue: asyncio.Queue[list[dict]] = asyncio.Queue()
         self._redis_url = redis_url
@@ -150,6 +152,7 @@ class Fanout:
     def _enqueue(self, events: list[dict]) -> None:
         if self._queue.qsize() >= QUEUE_LIMIT:
             logger.error("fan-out queue full; dropping %s events (their users are told to resync)", len(events))
+            self.dropped["queue_full"] += len(events)
             for event in events:
                 self._last.pop(event["user_id"], None)
                 # keep a reference so the task is not garbage collected mid-way
@@ -205,6 +208,7 @@ class Fanout:
                 logger.warning("user %s: %s events missed by this node; telling clients to resync",
                                user_id, event_id - last - 1)
                 self._last[user_id] = event_id
+                self.dropped["gap_too_large"] += event_id - last - 1
                 await self.resync_user(user_id)
                 return
             for name, payload in missing:

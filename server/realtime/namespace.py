@@ -37,6 +37,7 @@ from server.config import Settings
 from server.errors import AppError, Forbidden, error_ack
 from server.jobs.events import JobEventLog
 from server.jobs.store import JobStore, parse_job_id
+from server.metrics import Metrics
 from server.parsing import is_int
 from server.periodic import every
 from server.realtime.admin_feed import UNSUBSCRIBED, JobFeed, parse_job_feed
@@ -76,7 +77,7 @@ class Realtime:
 
     def __init__(self, sio: socketio.AsyncServer, settings: Settings, *, auth: Authenticator, accounts: Accounts,
                  jobs: JobStore, events: JobEventLog, fanout: Fanout, alerts: Alerts, live_stats: LiveStats,
-                 scope: JobScope, dashboard: DashboardPush):
+                 scope: JobScope, dashboard: DashboardPush, metrics: Metrics):
         self.sio = sio
         self.settings = settings
         self.auth = auth
@@ -88,6 +89,7 @@ class Realtime:
         self.live_stats = live_stats
         self.scope = scope
         self.dashboard = dashboard
+        self.metrics = metrics
         self._tasks: list[asyncio.Task] = []
         sio.on("connect", self.on_connect)
         sio.on("disconnect", self.on_disconnect)
@@ -156,7 +158,12 @@ class Realtime:
         raise refuse("Log in first, or connect with auth: {token: <API token>}", {"code": "unauthorized"})
 
     async def on_connect(self, sid: str, environ: dict, auth: Any = None) -> None:
-        principal = await self._authenticate(environ, auth)
+        try:
+            principal = await self._authenticate(environ, auth)
+        except socketio.exceptions.ConnectionRefusedError:
+            self.metrics.socket_connected(accepted=False)
+            raise
+        self.metrics.socket_connected(accepted=True)
         eio_sid = self.sio.manager.eio_sid_from_sid(sid, "/")
         state = SocketState(sid, eio_sid, principal, allowance=BURST,
                             checked_at=asyncio.get_running_loop().time())
@@ -166,7 +173,8 @@ class Realtime:
         self.fanout.add(state)
 
     async def on_disconnect(self, sid: str, *args: Any) -> None:
-        self.fanout.remove(sid)
+        if self.fanout.remove(sid) is not None:  # a refused connection never joined
+            self.metrics.socket_disconnected()
         self.dashboard.left(sid)
 
     async def disconnect_credential(self, *, session_id: str | None = None, token_id: int | None = None) -> None:
