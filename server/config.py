@@ -63,11 +63,16 @@ class Settings:
     secure_cookies: bool = False
     login_attempts: int = 5
     login_window: float = 300.0
+    rate_limit: int = 600  # HTTP API requests per minute per token, session or anonymous client address; 0: off
+    rate_burst: int = 120  # requests allowed at once, on top of that pace
+    metrics: bool = True  # serve /metrics (False: 404)
+    metrics_token: str = ""  # when set, /metrics wants 'Authorization: Bearer <it>'
     log_level: str = "INFO"
     pipeline_timeout: float = 3600.0  # a running pipeline job with no sign of life this long times out
     regression_window: float = 1800.0  # seconds of Set Actions compared before and after a deployment
     regression_rate: float = 0.10  # failure-rate rise (absolute) that makes a deploy_regression alert
     regression_min_customers: int = 20  # customers answered after the deployment for a verdict
+    system_interval: float = 5.0  # seconds between a node's reports of its own system metrics
     sim_env: Mapping[str, str] = field(default_factory=dict)
 
     @property
@@ -191,6 +196,14 @@ def _secret_key(env: Mapping[str, str], data_dir: Path) -> str:
     return key
 
 
+def _metrics_token(env: Mapping[str, str]) -> str:
+    raw = env.get(PREFIX + "METRICS_TOKEN", "").strip()
+    if raw and (raw.lower() in PLACEHOLDER_SECRETS or len(raw) < 16 or not raw.isprintable() or " " in raw):
+        raise ConfigError(f"{PREFIX}METRICS_TOKEN is a placeholder, shorter than 16 characters or has spaces: "
+                          "expected a long random string, which the scraper sends as 'Authorization: Bearer <token>'")
+    return raw
+
+
 def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     """Read and validate the settings; raise ConfigError naming the first wrong variable."""
     env = os.environ if environ is None else environ
@@ -243,10 +256,15 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         secure_cookies=_bool(env, "SECURE_COOKIES", False),
         login_attempts=_int(env, "LOGIN_ATTEMPTS", 5, minimum=1),
         login_window=_float(env, "LOGIN_WINDOW", 300.0, minimum=1.0),
+        rate_limit=_int(env, "RATE_LIMIT", 600, minimum=0, maximum=1_000_000),
+        rate_burst=_int(env, "RATE_BURST", 120, minimum=1, maximum=1_000_000),
+        metrics=_bool(env, "METRICS", True),
+        metrics_token=_metrics_token(env),
         log_level=log_level,
         pipeline_timeout=_float(env, "PIPELINE_TIMEOUT", 3600.0, minimum=0.1),
         regression_window=_float(env, "REGRESSION_WINDOW", 1800.0, minimum=0.1),
         regression_rate=_rate(env, "REGRESSION_RATE", 0.10),
         regression_min_customers=_int(env, "REGRESSION_MIN_CUSTOMERS", 20, minimum=1),
+        system_interval=_float(env, "SYSTEM_INTERVAL", 5.0, minimum=0.1),
         sim_env={k: v for k, v in env.items() if k.startswith(PREFIX + "SIM_")},
     )

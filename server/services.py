@@ -22,9 +22,11 @@ from server.jobs.events import JobEventLog
 from server.jobs.retention import RetentionTask
 from server.jobs.runner import JobRunner
 from server.jobs.store import JobStore
+from server.metrics import Metrics
 from server.pipelines.regressions import DeployRegressions
 from server.pipelines.store import PipelineStore
 from server.pipelines.timeouts import PipelineTimeouts
+from server.ratelimit import RateLimiter
 from server.realtime.alerts import Alerts
 from server.realtime.catchup import BusCatchUp
 from server.realtime.dashboard_push import DashboardPush
@@ -33,6 +35,7 @@ from server.realtime.fanout import Fanout
 from server.realtime.live_stats import LiveStats
 from server.realtime.namespace import Realtime
 from server.stats.aggregates import AdminStats
+from server.system.reports import NodeReporter, new_node_id
 from server.upstream.client import TmsClient
 from server.upstream.clusters import ClusterRegistry
 
@@ -61,6 +64,9 @@ class Services:
     pipelines: PipelineStore
     pipeline_timeouts: PipelineTimeouts
     regressions: DeployRegressions
+    system: NodeReporter
+    metrics: Metrics
+    limiter: RateLimiter
 
 
 @contextlib.asynccontextmanager
@@ -78,7 +84,10 @@ async def running_services(settings: Settings, sio: socketio.AsyncServer, cluste
             await accounts.ensure_user(username, password, role)
         auth = Authenticator(accounts, settings.secret_key, settings.session_days)
         audit = AuditLog(db, cursors)
-        client = TmsClient(settings.upstream_timeout, settings.upstream_connections)
+        metrics = Metrics()
+        limiter = RateLimiter(auth, per_minute=settings.rate_limit, burst=settings.rate_burst,
+                              redis_url=settings.redis_url, prefix=settings.redis_channel)
+        client = TmsClient(settings.upstream_timeout, settings.upstream_connections, metrics)
         # the realtime side first: the job store hands every committed event to it
         emitter = SocketEmitter(sio)
         events = JobEventLog(db)
@@ -95,31 +104,34 @@ async def running_services(settings: Settings, sio: socketio.AsyncServer, cluste
         cache = AppStatusCache(db, client, batch_size=settings.appstatus_batch_size,
                                concurrency=settings.appstatus_concurrency,
                                cleanup_interval=settings.appstatus_cleanup_interval,
-                               claim_seconds=2 * settings.upstream_timeout + 10)
+                               claim_seconds=2 * settings.upstream_timeout + 10, metrics=metrics)
         scope = JobScope(jobs, cache, clusters, client, emitter, appstatus_ttl=settings.appstatus_ttl,
                          states_max_pages=settings.states_max_pages)
         # only Redis pub/sub can lose events: catching up from the event log when it did
         catchup = BusCatchUp(fanout, events, live_stats, dashboard, interval=settings.catchup_interval,
                              enabled=bool(settings.redis_url))
         realtime = Realtime(sio, settings, auth=auth, accounts=accounts, jobs=jobs, events=events, fanout=fanout,
-                            alerts=alerts, live_stats=live_stats, scope=scope, dashboard=dashboard,
+                            alerts=alerts, live_stats=live_stats, scope=scope, dashboard=dashboard, metrics=metrics,
                             catchup=catchup)
+        metrics.watch(fanout, runner)
         regressions = DeployRegressions(pipelines, jobs, alerts, window_seconds=settings.regression_window,
                                         rate=settings.regression_rate,
                                         min_customers=settings.regression_min_customers)
+        system = NodeReporter(db, settings.system_interval, node_id=new_node_id(), realtime=realtime, runner=runner,
+                              fanout=fanout, client=client)
         services = Services(
             settings=settings, db=db, accounts=accounts, auth=auth, audit=audit, clusters=clusters, client=client,
             jobs=jobs, runner=runner, cache=cache, scope=scope, admin=AdminQueries(db, accounts, cursors),
             admin_stats=AdminStats(db), retention=RetentionTask(db, settings), realtime=realtime,
             pipelines=pipelines, pipeline_timeouts=PipelineTimeouts(pipelines, settings.pipeline_timeout),
-            regressions=regressions)
+            regressions=regressions, system=system, metrics=metrics, limiter=limiter)
     except BaseException:
         await db.disconnect()
         raise
     started = []
     try:
-        for component in (realtime, runner, cache, scope, services.retention, services.pipeline_timeouts,
-                          regressions):
+        for component in (limiter, realtime, runner, cache, scope, services.retention, services.pipeline_timeouts,
+                          regressions, system):
             await component.start()
             started.append(component)
         yield services

@@ -190,6 +190,10 @@ class SimulatorServer:
     def stats(self) -> dict:
         return self.http.get("/_sim/stats").json()
 
+    def fingerprint(self, authorization: str) -> str:
+        """What the stats show as `last_authorization_fingerprint` for this Authorization value."""
+        return self.app.state.simulator.fingerprint(authorization)
+
     def stop(self) -> None:
         self.http.close()
         self.server.stop()
@@ -296,6 +300,9 @@ class LiveServer:
         from server.app import create_app
         from server.config import load_settings
 
+        # tests poll and log in from one address far faster than people do: the rate limits are off
+        # unless a test sets JOBMON_RATE_LIMIT (test_ratelimit.py)
+        env = {"JOBMON_RATE_LIMIT": "0", **env}
         self.env = env
         self.settings = load_settings(env)
         sock = free_socket()
@@ -430,7 +437,7 @@ class SubprocessServer:
     def __init__(self, env: dict[str, str], port: int | None = None):
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.env = {**os.environ, **env, "PYTHONPATH": str(ROOT)}
+        self.env = {**os.environ, "JOBMON_RATE_LIMIT": "0", **env, "PYTHONPATH": str(ROOT)}  # see LiveServer
         self.process: subprocess.Popen | None = None
         # a file, not a pipe: nobody reads a pipe while the server runs, and a full pipe blocks it
         fd, self.log_path = tempfile.mkstemp(prefix="jobmon-server-", suffix=".log")

@@ -288,7 +288,7 @@ async def test_a_node_cut_off_from_redis_catches_up_when_its_connection_is_back(
         assert seen(on_b, alice["id"]) == await user_events(node_a, alice["id"])
         assert [u["job"]["job_id"] for u in on_b.of("pipeline-update")] == [build["job_id"]]
         metrics = await asyncio.to_thread(lambda: node_b.client().get("/metrics").text)
-        assert "jobmon_node_caught_up_users_total 1" in metrics
+        assert "jobmon_fanout_caught_up_users_total 1.0" in metrics
         assert on_b.of("resync") == []
         # fresh figures for what was caught up (node A's pushes of that time never reached B)
         await on_b.wait_for(lambda: any(s["counts"]["SUCCESS"] == 3 for s in on_b.of("job-stats")),

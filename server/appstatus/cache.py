@@ -35,6 +35,7 @@ import sqlalchemy as sa
 
 from server.db import Db
 from server.db import schema as tables
+from server.metrics import Metrics
 from server.timeutil import iso, now_ms
 from server.upstream.client import TmsClient, UpstreamError
 from server.upstream.clusters import Cluster
@@ -195,9 +196,10 @@ class AppStatusCache:
     """Reads, fills, counts, invalidates and cleans the app-status entries."""
 
     def __init__(self, db: Db, client: TmsClient, *, batch_size: int, concurrency: int,
-                 cleanup_interval: float, claim_seconds: float):
+                 cleanup_interval: float, claim_seconds: float, metrics: Metrics):
         self.db = db
         self.client = client
+        self.metrics = metrics
         self.batch_size = batch_size
         self.concurrency = concurrency
         self.cleanup_interval = cleanup_interval
@@ -503,6 +505,7 @@ class AppStatusCache:
     # -- counting and stats -------------------------------------------------------------------
     def _count(self, cluster_id: str, user_id: int, *, hits: int = 0, misses: int = 0,
                expired: int = 0, cleaned: int = 0) -> None:
+        self.metrics.cache_lookups(cluster_id, hits, misses)
         counts = self._pending_counts.setdefault((cluster_id, user_id), [0, 0, 0, 0])
         for index, value in enumerate((hits, misses, expired, cleaned)):
             counts[index] += value

@@ -17,7 +17,7 @@ from server.db.schema import metadata, schema_version
 
 logger = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 Step = Union[str, Callable[[Db], Awaitable[None]]]
 
@@ -65,6 +65,10 @@ MIGRATIONS: dict[int, list[Step]] = {
     3: [
         _create_tables("pipeline_counts", "live_services"),
         _add_column("deployments", "failure_reason"),
+    ],
+    # each node's report of its own system metrics (GET /admin/system)
+    4: [
+        _create_tables("node_reports"),
     ],
 }
 

@@ -1,7 +1,7 @@
 """Socket.IO: the namespace with its connection checks, rooms and handlers (`namespace`), the
-per-node delivery of job-update events (`fanout`), catching up what the Redis bus lost from the
-event log (`catchup`), job alerts (`alerts`), and the one place that
-replaces a python-engineio method (`engineio_compat`).
+per-node delivery of job-update events (`fanout`), an admin socket's filter of them (`admin_feed`),
+catching up what the Redis bus lost from the event log (`catchup`), job alerts (`alerts`), and the
+one place that replaces a python-engineio method (`engineio_compat`).
 
 The rest of the server uses `namespace.Realtime` (built in the lifespan) and, to emit events,
 the small `emitter.Emitter` interface it implements.

@@ -47,7 +47,6 @@ class BusCatchUp:
         self.interval = interval  # seconds between periodic sweeps; 0: only after a (re)subscription
         self.enabled = enabled  # only with a bus that can lose events (Redis)
         self.sweeps = 0
-        self.caught_up = 0  # users brought up to date (a metric: this node lost events on the bus)
         self._previous: dict[int, int] = {}  # the counters read by the last sweep
         self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None
@@ -116,7 +115,6 @@ class BusCatchUp:
         self._previous = counters
         caught = await self.fanout.catch_up(targets)
         if caught:
-            self.caught_up += len(caught)
             logger.info("caught up %s user(s) from the event log (events the bus did not bring)", len(caught))
             await self.live_stats.push_here(caught)
             await self.dashboard.push_here(caught)

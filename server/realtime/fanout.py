@@ -20,6 +20,7 @@ yet (its baseline) is read when a socket connects (see `set_baseline`).
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -50,6 +51,7 @@ class SocketState:
     cursor: int | None = None  # last own-user event id sent; None: from the next live one on
     resuming: bool = False  # a replay is running: live events wait for it (see Fanout.deliver)
     subscriptions: set[str] = field(default_factory=set)
+    job_feed: Any = None  # an admin's filter of others' job-updates (admin_feed.JobFeed); None: all of them
     allowance: float = 0.0  # rate limiter tokens (see Realtime)
     checked_at: float = 0.0
 
@@ -87,6 +89,8 @@ class Fanout:
         self.by_user: dict[int, set[str]] = {}
         self.admins: set[str] = set()
         self.delivered = 0  # socket deliveries, for metrics and benchmarks
+        self.dropped: collections.Counter[str] = collections.Counter()  # events not delivered live, by reason
+        self.caught_up = 0  # users brought up to date from the event log after the bus lost their events
         # user id -> last event id delivered to live sockets here (None: unknown, the next one goes out as it is)
         self._last: dict[int, int | None] = {}
         # users with nothing delivered here yet: the event id they are watched from (one per user at most)
@@ -122,6 +126,11 @@ class Fanout:
             if not self.admins:
                 self._seeded_all = False  # the next admin reads everyone's counters again
         return state
+
+    @property
+    def queue_depth(self) -> int:
+        """Batches of committed events waiting for this node's consumer."""
+        return self._queue.qsize()
 
     def last_delivered(self, user_id: int) -> int | None:
         return self._last.get(user_id)
@@ -178,6 +187,7 @@ class Fanout:
     def _enqueue(self, events: list[dict]) -> None:
         if self._queue.qsize() >= QUEUE_LIMIT:
             logger.error("fan-out queue full; dropping %s events (their users are told to resync)", len(events))
+            self.dropped["queue_full"] += len(events)
             for event in events:
                 self._last[event["user_id"]] = None  # its clients resync: no gap fill before the next one
                 # keep a reference so the task is not garbage collected mid-way
@@ -281,6 +291,7 @@ class Fanout:
             elif last < target:
                 await self._fill(user_id, last, target)
                 caught.add(user_id)
+        self.caught_up += len(caught)
         return caught
 
     async def _fill(self, user_id: int, after: int, upto: int) -> bool:
@@ -291,6 +302,7 @@ class Fanout:
             logger.warning("user %s: %s events missed by this node; telling clients to resync",
                            user_id, upto - after)
             self._last[user_id] = upto
+            self.dropped["gap_too_large"] += upto - after
             await self.resync_user(user_id)
             return False
         for name, payload in missing:
@@ -353,7 +365,10 @@ class Fanout:
                 if not state.resuming and (state.cursor is None or state.cursor < event_id):
                     state.cursor = event_id
                     targets.append(sid)
+            job = payload["job"] if name == "job-update" else None
             targets += [sid for sid in self.admins
-                        if self.sockets[sid].principal.user_id != user_id and not self.sockets[sid].resuming]
+                        if self.sockets[sid].principal.user_id != user_id and not self.sockets[sid].resuming
+                        and (job is None or self.sockets[sid].job_feed is None
+                             or self.sockets[sid].job_feed.matches(job))]
             if targets:
                 await self.send(targets, encode_event(self.sio, name, payload))

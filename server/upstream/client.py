@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from dataclasses import dataclass
 
 import aiohttp
 import orjson
 
+from server.metrics import Metrics
 from server.upstream.clusters import Cluster
 
 logger = logging.getLogger(__name__)
@@ -77,10 +79,12 @@ def _error_text(body: bytes) -> str:
 class TmsClient:
     """Talks to the clusters; one instance per server process, closed on shutdown."""
 
-    def __init__(self, timeout: float = 30.0, max_connections: int = 100):
+    def __init__(self, timeout: float = 30.0, max_connections: int = 100, metrics: Metrics | None = None):
         self.timeout = timeout
         self.max_connections = max_connections
+        self.metrics = metrics if metrics is not None else Metrics()
         self._session: aiohttp.ClientSession | None = None  # made on first use, inside the loop
+        self.in_flight = 0  # calls started and not yet answered (the node's system metrics)
 
     def _http(self) -> aiohttp.ClientSession:
         if self._session is None:
@@ -103,9 +107,27 @@ class TmsClient:
             headers["Authorization"] = f"Bearer {token}"
         return headers
 
-    async def _call(self, cluster: Cluster, method: str, path: str, *, user_token: str | None = None,
-                    json_body: object = None, params: dict | None = None) -> object:
+    async def _call(self, cluster: Cluster, operation: str, method: str, path: str, *,
+                    user_token: str | None = None, json_body: object = None, params: dict | None = None) -> object:
+        """One call, counted in the metrics by cluster, operation and outcome (ok or the error's kind)."""
+        started = time.perf_counter()
+        outcome = "ok"
+        try:
+            return await self._call_once(cluster, method, path, user_token=user_token, json_body=json_body,
+                                         params=params)
+        except UpstreamError as exc:
+            outcome = exc.kind
+            raise
+        except BaseException:  # the job was cancelled or the node is stopping
+            outcome = "cancelled"
+            raise
+        finally:
+            self.metrics.upstream_call(cluster.id, operation, outcome, time.perf_counter() - started)
+
+    async def _call_once(self, cluster: Cluster, method: str, path: str, *, user_token: str | None,
+                         json_body: object, params: dict | None) -> object:
         url = cluster.base_url + path
+        self.in_flight += 1
         try:
             async with asyncio.timeout(self.timeout):
                 async with self._http().request(
@@ -128,6 +150,8 @@ class TmsClient:
             raise UpstreamError(
                 f"Lost the connection to cluster '{cluster.id}' before it answered ({reason})", 502, "connection"
             ) from None
+        finally:
+            self.in_flight -= 1
         if status >= 400:
             hint = _STATUS_HINTS.get(status, "the cluster refused the request")
             detail = _error_text(body)
@@ -145,7 +169,7 @@ class TmsClient:
                          user_token: str | None = None) -> dict[str, CustomerResult]:
         """Run one batch; return each customer's outcome (a customer missing in the answer failed)."""
         body = await self._call(
-            cluster, "POST", "/tms/v1/set-action", user_token=user_token,
+            cluster, "set_action", "POST", "/tms/v1/set-action", user_token=user_token,
             json_body={"action": action_name, "action_code": action_code,
                        "customer_ids": cids, "request_id": request_id},
         )
@@ -172,7 +196,7 @@ class TmsClient:
     async def customer_states_page(self, cluster: Cluster, page: int,
                                    user_token: str | None = None) -> tuple[list[dict], int | None]:
         """One page of the cluster's global customer list and the next page number."""
-        body = await self._call(cluster, "GET", "/tms/v1/customers/states",
+        body = await self._call(cluster, "customer_states", "GET", "/tms/v1/customers/states",
                                 params={"page": page}, user_token=user_token)
         if not isinstance(body, dict) or not isinstance(body.get("customers"), list):
             raise UpstreamError(f"Cluster '{cluster.id}' answered the states list malformed", 502, "malformed")
@@ -185,7 +209,7 @@ class TmsClient:
     async def appstatus_batch(self, cluster: Cluster, cids: list[str], app: str,
                               user_token: str | None = None) -> dict[str, dict]:
         """App status of many customers in one call."""
-        body = await self._call(cluster, "POST", "/tms/v1/appstatus/batch",
+        body = await self._call(cluster, "appstatus_batch", "POST", "/tms/v1/appstatus/batch",
                                 json_body={"cids": cids, "app": app}, user_token=user_token)
         statuses = body.get("statuses") if isinstance(body, dict) else None
         if not isinstance(statuses, dict):
@@ -195,7 +219,7 @@ class TmsClient:
     async def appstatus_one(self, cluster: Cluster, cid: str, app: str,
                             user_token: str | None = None) -> dict:
         """App status of one customer (the fallback when the batch call is missing or fails)."""
-        body = await self._call(cluster, "GET", f"/tms/v1/appstatus/{cid}",
+        body = await self._call(cluster, "appstatus_one", "GET", f"/tms/v1/appstatus/{cid}",
                                 params={"app": app}, user_token=user_token)
         if not isinstance(body, dict):
             raise UpstreamError(f"Cluster '{cluster.id}' answered app status malformed", 502, "malformed")

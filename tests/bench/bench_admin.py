@@ -338,7 +338,8 @@ def measure(url: str, total: int, workdir: Path, requests: int) -> list[tuple[st
 
     clusters = write_clusters_file(workdir / "clusters.json", {c: "http://127.0.0.1:9" for c in CLUSTERS})
     env = {"JOBMON_DATABASE_URL": url, "JOBMON_DATA_DIR": str(workdir / "data"), "JOBMON_SECRET_KEY": SECRET,
-           "JOBMON_CLUSTERS_FILE": str(clusters), "JOBMON_RETENTION_DAYS": "0", "JOBMON_LOG_LEVEL": "WARNING"}
+           "JOBMON_CLUSTERS_FILE": str(clusters), "JOBMON_RETENTION_DAYS": "0", "JOBMON_LOG_LEVEL": "WARNING",
+           "JOBMON_RATE_LIMIT": "0"}  # measuring the server, not the per-user limits
     deep = _deep_cursor(url, total // 2)
     sample = _sample(url, total)
     year_ago = datetime.fromtimestamp(time.time() - 365 * 86400, tz=timezone.utc).date()

@@ -73,7 +73,7 @@ def run(backend: str, customers: int, batch_size: int, concurrency: int, latency
                 "JOBMON_DATA_DIR": tmp, "JOBMON_DATABASE_URL": url, "JOBMON_SECRET_KEY": SECRET,
                 "JOBMON_CLUSTERS_FILE": str(clusters), "JOBMON_BATCH_SIZE": "1000",
                 "JOBMON_APPSTATUS_BATCH_SIZE": str(batch_size),
-                "JOBMON_APPSTATUS_CONCURRENCY": str(concurrency), "JOBMON_LOG_LEVEL": "WARNING",
+                "JOBMON_APPSTATUS_CONCURRENCY": str(concurrency), "JOBMON_LOG_LEVEL": "WARNING", "JOBMON_RATE_LIMIT": "0",
             }).start()
             [(_, token)] = users_with_tokens(url, ["bench"])
             http = httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {token}"}, timeout=120)

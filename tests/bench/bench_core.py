@@ -139,7 +139,7 @@ def run(backend: str, customers: int, jobs: int, requests: int) -> dict:
             clusters = write_clusters_file(Path(tmp) / "clusters.json", {"sim": sim_url})
             server = SubprocessServer({
                 "JOBMON_DATA_DIR": tmp, "JOBMON_DATABASE_URL": url, "JOBMON_SECRET_KEY": SECRET,
-                "JOBMON_CLUSTERS_FILE": str(clusters), "JOBMON_LOG_LEVEL": "WARNING",
+                "JOBMON_CLUSTERS_FILE": str(clusters), "JOBMON_LOG_LEVEL": "WARNING", "JOBMON_RATE_LIMIT": "0",
             }).start()
             [(user, token)] = users_with_tokens(url, ["bench"])
             user_id = user["id"]

@@ -182,7 +182,7 @@ def run_once(n: int, args) -> dict:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "JOBMON_DATABASE_URL": database_url,
            "JOBMON_DATA_DIR": str(tmp / "data"), "JOBMON_CLUSTERS_FILE": str(tmp / "clusters.json"),
            "JOBMON_JOB_CONCURRENCY": "256", "JOBMON_BATCH_CONCURRENCY": "1", "JOBMON_BATCH_SIZE": "1", "JOBMON_UPSTREAM_CONNECTIONS": "256",
-           "JOBMON_LOG_LEVEL": "WARNING"}
+           "JOBMON_LOG_LEVEL": "WARNING", "JOBMON_RATE_LIMIT": "0"}
     (tmp / "clusters.json").write_text(json.dumps([{"id": "sim", "name": "Simulated", "base_url": sim_url}]))
     processes: list[subprocess.Popen] = []
     children: list[tuple] = []

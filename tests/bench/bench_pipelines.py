@@ -178,7 +178,7 @@ def start_server(url: str, folder: Path):
     clusters = write_clusters_file(folder / "clusters.json", {c: "http://127.0.0.1:9" for c in CLUSTERS})
     return SubprocessServer({
         "JOBMON_DATABASE_URL": url, "JOBMON_DATA_DIR": str(folder / "data"), "JOBMON_SECRET_KEY": SECRET,
-        "JOBMON_CLUSTERS_FILE": str(clusters), "JOBMON_LOG_LEVEL": "WARNING",
+        "JOBMON_CLUSTERS_FILE": str(clusters), "JOBMON_LOG_LEVEL": "WARNING", "JOBMON_RATE_LIMIT": "0",
     }).start()
 
 
