@@ -17,7 +17,7 @@ from server.db.schema import metadata, schema_version
 
 logger = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 Step = Union[str, Callable[[Db], Awaitable[None]]]
 
@@ -65,6 +65,11 @@ MIGRATIONS: dict[int, list[Step]] = {
     3: [
         _create_tables("pipeline_counts", "live_services"),
         _add_column("deployments", "failure_reason"),
+    ],
+    # the shortest and longest duration of each processing-time bucket (percentiles are clamped to them)
+    4: [
+        _add_column("duration_histogram", "min_ms"),
+        _add_column("duration_histogram", "max_ms"),
     ],
 }
 
