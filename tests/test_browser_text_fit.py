@@ -163,3 +163,29 @@ def test_wallboard_card_values_fit_their_cards_at_any_value(make_server, sim, br
     page.evaluate(after_a_frame)
     small = assert_values_fit(page, "1366x768 after a resize")
     assert small[0]["fontPx"] < large[0]["fontPx"]
+
+
+DASHBOARD_MEASURE = """(stats) => import('/web/js/socket.js').then((s) => {
+  s.dispatch('job-stats', stats);
+  return [...document.querySelectorAll('.stat-card')].map((card) => {
+    const value = card.querySelector('.value');
+    const c = card.getBoundingClientRect(), v = value.getBoundingClientRect();
+    return { text: value.textContent, scroll: value.scrollWidth, client: value.clientWidth,
+             inside: v.left >= c.left - 0.5 && v.right <= c.right + 0.5 && v.bottom <= c.bottom + 0.5 };
+  });
+})"""
+
+
+def test_dashboard_stat_cards_hold_the_longest_values(make_server, sim, browser):
+    server = make_server(STATS_INTERVAL=3600)
+    ivy = new_user(server, "ivy")
+    page = browser().page()
+    log_in(page, server, ivy)
+    page.click("nav >> text=Stats")
+    expect(page.locator("#stat-today")).to_have_text("0")
+    for width, height in ((1920, 1080), (1366, 768), (800, 600)):
+        page.set_viewport_size({"width": width, "height": height})
+        cards = page.evaluate(DASHBOARD_MEASURE, {**LONGEST, "user_id": ivy["id"]})
+        assert {card["text"] for card in cards} >= {"100.0 %", "9,999,999", "999 h 59 min"}, cards
+        for card in cards:
+            assert card["scroll"] <= card["client"] and card["inside"], (width, card)
