@@ -74,7 +74,7 @@ def test_percentiles_stay_within_the_durations_seen(server, sim):
     # one job: every percentile is its duration, not the upper edge of its histogram bucket
     duration = one["duration_ms"]
     assert duration >= 120
-    assert histogram.bucket_range(histogram.bucket_of(duration))[1] > duration + 1  # the edge would be above it
+    assert histogram.bucket_range(histogram.bucket_of(duration))[1] > duration  # the edge would be above it
     assert stats["p95_duration_ms"] == duration and stats["processing"]["p95_ms"] == duration
     assert stats["processing"]["p50_ms"] == duration
     assert [a["p95_duration_ms"] for a in stats["by_action"]] == [duration]
