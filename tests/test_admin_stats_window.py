@@ -121,3 +121,38 @@ def test_rows_counted_before_the_extremes_were_kept_are_bounded_by_their_bucket(
     assert histogram.percentile(counts, 0.05) < high - 2
     assert histogram.percentile(counts, 0.05, (high - 2, high - 1)) == high - 2
     assert histogram.widen(None, (5, 9)) == (5, 9) and histogram.widen((5, 9), (3, 7)) == (3, 9)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_an_upgraded_database_keeps_its_old_histogram_rows_bounded_by_their_buckets(backend, tmp_path):
+    from server.db import migrate
+    from server.stats.aggregates import AdminStats
+    from server.timeutil import now_ms
+    from support import database_url, db_rows, on_database
+    from test_migrations import _build_v1
+
+    today = _utc_day(0)
+    bucket = histogram.bucket_of(1000)
+    low, high = histogram.bucket_range(bucket)
+    url, handle = database_url(backend, tmp_path)
+
+    async def old_row(db):
+        await _build_v1(db)
+        await db.execute("INSERT INTO duration_histogram (day, action_name, cluster, bucket, n) "
+                         f"VALUES ('{today}', 'PE-Enable', 'sim', {bucket}, 1)")
+
+    async def finish_one_more(db):
+        # a job of the same bucket finishing after the upgrade: the row's extremes stay unknown
+        await histogram.add_finished(db, today, "PE-Enable", "sim", 1001)
+        return await AdminStats(db).figures(7, now=now_ms())
+
+    try:
+        on_database(url, old_row, migrated=True)
+        on_database(url, migrate, migrated=True)
+        assert db_rows(url, "SELECT n, min_ms, max_ms FROM duration_histogram") == [(1, None, None)]
+        figures = on_database(url, finish_one_more, migrated=True)
+        assert db_rows(url, "SELECT n, min_ms, max_ms FROM duration_histogram") == [(2, None, None)]
+        assert low <= figures["p95_duration_ms"] <= high - 1
+    finally:
+        if handle is not None:
+            handle.drop()
