@@ -17,8 +17,11 @@ from server.api import admin as admin_routes
 from server.api import auth as auth_routes
 from server.api import dashboard as dashboard_routes
 from server.api import jobs as jobs_routes
+from server.api import openapi as openapi_routes
 from server.api import ops
 from server.api import scope as scope_routes
+from server.api import system as system_routes
+from server.api.allow import allow_header
 from server.api.common import OrjsonResponse
 from server.config import ConfigError, Settings
 from server.errors import AppError, error_body
@@ -40,8 +43,16 @@ async def _app_error(request: Request, exc: AppError) -> Response:
 
 async def _http_error(request: Request, exc: HTTPException) -> Response:
     codes = {404: "not_found", 405: "method_not_allowed"}
-    body = error_body(codes.get(exc.status_code, "http_error"), str(exc.detail))
-    return OrjsonResponse(body, status_code=exc.status_code, headers=getattr(exc, "headers", None))
+    headers = dict(getattr(exc, "headers", None) or {})
+    details = None
+    if exc.status_code == 405:
+        # Starlette names the methods of one route only; a path may be served by several
+        allowed = allow_header(request.app.router.routes, request.scope) or headers.get("Allow")
+        if allowed:
+            headers["Allow"] = allowed
+        details = {"method": request.method, "allowed": allowed.split(", ") if allowed else []}
+    body = error_body(codes.get(exc.status_code, "http_error"), str(exc.detail), details)
+    return OrjsonResponse(body, status_code=exc.status_code, headers=headers or None)
 
 
 async def _server_error(request: Request, exc: Exception) -> Response:
@@ -76,6 +87,38 @@ class SecurityHeaders:
         await self.app(scope, receive, send_with_headers)
 
 
+def _sim_control_guard(settings: Settings):
+    """Who may use the embedded simulator's `/sim/_sim` controls: anyone in demo mode, else only
+    an admin acting as admin (a session, with its CSRF token on writes, or an admin-scoped token)."""
+    if settings.demo:
+        return None
+
+    async def admins_only(request: Request) -> None:
+        await request.state.services.auth.require_admin(request)
+
+    return admins_only
+
+
+class SocketIOApp(socketio.ASGIApp):
+    """python-socketio's ASGI app around the Starlette app (`other_asgi_app`), with the same
+    Socket.IO server at `/socket.io` and at `/admin/socket.io`, the path clients of the design's admin
+    protocol connect to: the same connections, authentication and events on both."""
+
+    ADMIN_PATH = "/admin/socket.io"
+
+    def __init__(self, sio: socketio.AsyncServer, app):
+        super().__init__(sio, other_asgi_app=app, socketio_path="socket.io")
+        self.admin_path = socketio.ASGIApp(sio, socketio_path=self.ADMIN_PATH)
+
+    async def __call__(self, scope, receive, send):
+        path = scope.get("path", "")
+        admin = path == self.ADMIN_PATH or path.startswith(self.ADMIN_PATH + "/")
+        if admin and scope["type"] in ("http", "websocket"):
+            await self.admin_path(scope, receive, send)
+        else:
+            await super().__call__(scope, receive, send)
+
+
 def _clusters(settings: Settings, self_url: str) -> list[Cluster]:
     if settings.clusters_file:
         return load_clusters_file(settings.clusters_file)
@@ -92,7 +135,8 @@ def create_app(settings: Settings, *, self_url: str = "http://127.0.0.1:8000", e
     """Build the ASGI app: Starlette routes wrapped by the Socket.IO server."""
     install_fast_writer()  # Engine.IO's per-socket writer without a Task per packet (Python 3.11)
     sio = create_socketio_server(settings)
-    route_modules = [auth_routes, jobs_routes, dashboard_routes, scope_routes, admin_routes, ops]
+    route_modules = [auth_routes, jobs_routes, dashboard_routes, scope_routes, admin_routes, system_routes, ops,
+                     openapi_routes]
     # read now, so a wrong clusters file stops start-up with a message naming the variable
     cluster_list = _clusters(settings, self_url)
 
@@ -110,11 +154,15 @@ def create_app(settings: Settings, *, self_url: str = "http://127.0.0.1:8000", e
             knobs = knobs_from_env(settings.sim_env)
         except ValueError as exc:  # the message names the JOBMON_SIM_ variable
             raise ConfigError(str(exc)) from None
-        routes.append(Mount("/sim", app=create_simulator_app(knobs)))
+        simulator = create_simulator_app(knobs, control_guard=_sim_control_guard(settings))
+        # its refusals and its 404/405 answers in the app's error envelope, like every other path
+        simulator.add_exception_handler(AppError, _app_error)
+        simulator.add_exception_handler(HTTPException, _http_error)
+        routes.append(Mount("/sim", app=simulator))
     app = Starlette(
         routes=routes,
         lifespan=lifespan,
         exception_handlers={AppError: _app_error, HTTPException: _http_error, Exception: _server_error},
     )
     app.add_middleware(SecurityHeaders)
-    return socketio.ASGIApp(sio, other_asgi_app=app, socketio_path="socket.io")
+    return SocketIOApp(sio, app)

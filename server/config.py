@@ -67,6 +67,7 @@ class Settings:
     regression_window: float = 1800.0  # seconds of Set Actions compared before and after a deployment
     regression_rate: float = 0.10  # failure-rate rise (absolute) that makes a deploy_regression alert
     regression_min_customers: int = 20  # customers answered after the deployment for a verdict
+    system_interval: float = 5.0  # seconds between a node's reports of its own system metrics
     sim_env: Mapping[str, str] = field(default_factory=dict)
 
     @property
@@ -242,5 +243,6 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         regression_window=_float(env, "REGRESSION_WINDOW", 1800.0, minimum=0.1),
         regression_rate=_rate(env, "REGRESSION_RATE", 0.10),
         regression_min_customers=_int(env, "REGRESSION_MIN_CUSTOMERS", 20, minimum=1),
+        system_interval=_float(env, "SYSTEM_INTERVAL", 5.0, minimum=0.1),
         sim_env={k: v for k, v in env.items() if k.startswith(PREFIX + "SIM_")},
     )

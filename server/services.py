@@ -32,6 +32,7 @@ from server.realtime.fanout import Fanout
 from server.realtime.live_stats import LiveStats
 from server.realtime.namespace import Realtime
 from server.stats.aggregates import AdminStats
+from server.system.reports import NodeReporter, new_node_id
 from server.upstream.client import TmsClient
 from server.upstream.clusters import ClusterRegistry
 
@@ -60,6 +61,7 @@ class Services:
     pipelines: PipelineStore
     pipeline_timeouts: PipelineTimeouts
     regressions: DeployRegressions
+    system: NodeReporter
 
 
 @contextlib.asynccontextmanager
@@ -102,19 +104,21 @@ async def running_services(settings: Settings, sio: socketio.AsyncServer, cluste
         regressions = DeployRegressions(pipelines, jobs, alerts, window_seconds=settings.regression_window,
                                         rate=settings.regression_rate,
                                         min_customers=settings.regression_min_customers)
+        system = NodeReporter(db, settings.system_interval, node_id=new_node_id(), realtime=realtime, runner=runner,
+                              fanout=fanout, client=client)
         services = Services(
             settings=settings, db=db, accounts=accounts, auth=auth, audit=audit, clusters=clusters, client=client,
             jobs=jobs, runner=runner, cache=cache, scope=scope, admin=AdminQueries(db, accounts, cursors),
             admin_stats=AdminStats(db), retention=RetentionTask(db, settings), realtime=realtime,
             pipelines=pipelines, pipeline_timeouts=PipelineTimeouts(pipelines, settings.pipeline_timeout),
-            regressions=regressions)
+            regressions=regressions, system=system)
     except BaseException:
         await db.disconnect()
         raise
     started = []
     try:
         for component in (realtime, runner, cache, scope, services.retention, services.pipeline_timeouts,
-                          regressions):
+                          regressions, system):
             await component.start()
             started.append(component)
         yield services

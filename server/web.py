@@ -9,7 +9,8 @@ needs neither Node.js nor npm; `web/vendor/update.sh` updates them from npm). Wh
 - in a checkout (run in place, or installed with `pip install -e .`), the `web/` folder next to
   the `server/` package, as it is.
 
-Routes: `/` (the dashboard), `/wallboard`, and `/web/...` (the files themselves).
+Routes: `/` (the dashboard), `/wallboard`, `/docs` (the API docs: Swagger UI reading /openapi.json),
+and `/web/...` (the files themselves).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from server.api.common import OrjsonResponse
 logger = logging.getLogger(__name__)
 
 PACKAGE_DATA = "_web"  # the folder's name inside the installed `server` package
-PAGES = {"/": "index.html", "/wallboard": "wallboard.html"}
+PAGES = {"/": "index.html", "/wallboard": "wallboard.html", "/docs": "docs.html"}
 
 
 def web_dir() -> Path:
@@ -56,7 +57,8 @@ def _page(directory: Path, name: str):
 def routes(directory: Path | None = None) -> list:
     """The pages and the `/web/...` files of `directory` (default: `web_dir()`)."""
     directory = directory or web_dir()
-    found = [Route(path, _page(directory, name)) for path, name in PAGES.items()]
+    # pages, not API routes: left out of /openapi.json
+    found = [Route(path, _page(directory, name), include_in_schema=False) for path, name in PAGES.items()]
     if directory.is_dir():
         found.append(Mount("/web", app=StaticFiles(directory=directory), name="web"))
     else:

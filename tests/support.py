@@ -182,6 +182,10 @@ class SimulatorServer:
     def stats(self) -> dict:
         return self.http.get("/_sim/stats").json()
 
+    def fingerprint(self, authorization: str) -> str:
+        """What the stats show as `last_authorization_fingerprint` for this Authorization value."""
+        return self.app.state.simulator.fingerprint(authorization)
+
     def stop(self) -> None:
         self.http.close()
         self.server.stop()

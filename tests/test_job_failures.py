@@ -117,13 +117,14 @@ def test_user_token_is_forwarded_never_stored_or_logged(make_server, sim, sim2, 
 
     denied = api.wait_for(api.start(["C1", "C2"])["job_id"])
     assert (denied["status"], denied["http_status"]) == ("FAILED", 401)
-    assert sim.stats()["last_authorization"] is None
+    assert sim.stats()["last_authorization_fingerprint"] is None
 
     answer = api.post("/api/set-actions", json={"cluster": "sim", "action": "PE-Enable", "cids": ["C3"],
                                                 "upstream_token": USER_TOKEN})
     assert answer.status_code == 202 and USER_TOKEN not in answer.text
     assert api.wait_for(answer.json()["job"]["job_id"])["status"] == "SUCCESS"
-    assert sim.stats()["last_authorization"] == f"Bearer {USER_TOKEN}"
+    assert sim.stats()["last_authorization_fingerprint"] == sim.fingerprint(f"Bearer {USER_TOKEN}")
+    assert USER_TOKEN not in sim.http.get("/_sim/stats").text
 
     # the same through a CSV upload, and through "retry the failed customers"
     upload = api.post("/api/set-actions", data={"cluster": "sim", "action": "T-Enable", "upstream_token": USER_TOKEN},
@@ -136,7 +137,7 @@ def test_user_token_is_forwarded_never_stored_or_logged(make_server, sim, sim2, 
     # a cluster's service token is used when the user gives none, and never shown
     sim2.knobs(required_token=SERVICE_TOKEN)
     assert api.wait_for(api.start(["C5"], cluster="svc")["job_id"])["status"] == "SUCCESS"
-    assert sim2.stats()["last_authorization"] == f"Bearer {SERVICE_TOKEN}"
+    assert sim2.stats()["last_authorization_fingerprint"] == sim2.fingerprint(f"Bearer {SERVICE_TOKEN}")
     assert SERVICE_TOKEN not in api.get("/api/clusters").text
 
     url = server.settings.database_url

@@ -97,3 +97,35 @@ def test_a_database_newer_than_the_server_is_refused(tmp_path):
     on_database(url, lambda db: db.execute(f"UPDATE schema_version SET version = {SCHEMA_VERSION + 1}"))
     with pytest.raises(RuntimeError, match="newer than this server"):
         on_database(url, migrate, migrated=True)
+
+
+async def _to_v3(db) -> None:
+    """A database as schema version 3 left it: no node_reports; one pipeline job in it."""
+    await db.execute("DROP TABLE node_reports")
+    await db.execute("UPDATE schema_version SET version = 3")
+    await db.execute(
+        "INSERT INTO pipeline_counts (user_id, name, n) VALUES (1, 'active', 4)")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_version_3_database_gets_the_node_reports_table(backend, tmp_path):
+    from server.db import SCHEMA_VERSION, migrate
+
+    url, handle = database_url(backend, tmp_path)
+    try:
+        on_database(url, _build_v1, migrated=True)
+        on_database(url, migrate, migrated=True)
+        on_database(url, _to_v3, migrated=True)
+        assert on_database(url, migrate, migrated=True) == 3
+        assert db_rows(url, "SELECT version FROM schema_version") == [(SCHEMA_VERSION,)]
+        assert db_rows(url, "SELECT user_id, name, n FROM pipeline_counts") == [(1, "active", 4)]
+        assert db_rows(url, "SELECT username FROM users") == [("old-user",)]
+        # the new table takes a node's report
+        db_rows(url, "INSERT INTO node_reports (node_id, host, pid, started_at, reported_at, interval_ms, sockets, "
+                     "jobs_running, fanout_queue, upstream_in_flight, db_pool_in_use, db_pool_idle) "
+                     "VALUES ('h:1:abcdef', 'h', 1, 5, 6, 5000, 0, 0, 0, 0, 0, 0)")
+        assert db_rows(url, "SELECT node_id, reported_at FROM node_reports") == [("h:1:abcdef", 6)]
+        assert on_database(url, migrate, migrated=True) == SCHEMA_VERSION
+    finally:
+        if handle is not None:
+            handle.drop()

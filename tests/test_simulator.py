@@ -9,11 +9,15 @@ import httpx
 import pytest
 import uvicorn
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.routing import Mount
 from starlette.testclient import TestClient
 
 from server.sim import cluster as simulator_module
 from server.sim.cluster import SimulatorKnobs, create_simulator_app, knobs_from_env
+
+
+CONTROLS = [("GET", "/_sim/knobs"), ("PUT", "/_sim/knobs"), ("POST", "/_sim/reset"), ("GET", "/_sim/stats")]
 
 
 def make_client(**knobs) -> TestClient:
@@ -136,13 +140,43 @@ def test_required_token_guards_every_tms_call():
         assert client.get("/tms/v1/appstatus/C1").status_code == 401
         good = {"Authorization": "Bearer s3cret"}
         assert set_action(client, ["C1"], headers=good).status_code == 200
-        assert client.get("/_sim/stats").json()["last_authorization"] == "Bearer s3cret"
+        fingerprint = client.app.state.simulator.fingerprint("Bearer s3cret")
+        assert client.get("/_sim/stats").json()["last_authorization_fingerprint"] == fingerprint
 
 
-def test_last_authorization_is_null_without_header():
+def test_last_authorization_fingerprint_is_null_without_header():
     with make_client() as client:
         client.get("/tms/v1/customers/states")
-        assert client.get("/_sim/stats").json()["last_authorization"] is None
+        stats = client.get("/_sim/stats").json()
+        assert stats["last_authorization_fingerprint"] is None and stats["authorized_calls"] == 0
+
+
+def test_stats_never_show_an_authorization_value():
+    token = "Bearer recognisable-user-token-7Qx"
+    with make_client() as client, make_client() as other:
+        for c in (client, other):
+            assert set_action(c, ["C1"], headers={"Authorization": token}).status_code == 200
+        answer = client.get("/_sim/stats")
+        assert "recognisable-user-token" not in answer.text
+        stats = answer.json()
+        assert "last_authorization" not in stats and stats["authorized_calls"] == 1
+        fingerprint = stats["last_authorization_fingerprint"]
+        assert len(fingerprint) == 16 and fingerprint not in token
+        # keyed per cluster: the same token does not give the same fingerprint elsewhere, so one
+        # cannot be looked up in a table of hashes of likely tokens
+        assert other.get("/_sim/stats").json()["last_authorization_fingerprint"] != fingerprint
+        client.get("/tms/v1/customers/states", headers={"Authorization": "Bearer another"})
+        assert client.get("/_sim/stats").json()["last_authorization_fingerprint"] not in (None, fingerprint)
+
+
+def test_knob_answers_hide_the_required_token():
+    with make_client(required_token="cluster-secret-9") as client:
+        assert client.get("/_sim/knobs").json()["required_token"] == "(hidden)"
+        changed = client.put("/_sim/knobs", json={"required_token": "another-secret-4"})
+        assert changed.json()["required_token"] == "(hidden)" and "another-secret" not in changed.text
+        # still required as set
+        assert set_action(client, ["C1"], headers={"Authorization": "Bearer another-secret-4"}).status_code == 200
+        assert client.put("/_sim/knobs", json={"required_token": None}).json()["required_token"] is None
 
 
 def test_repeated_request_id_returns_first_answer_without_reapplying():
@@ -320,6 +354,20 @@ def test_put_knobs_rejects_bad_values(body):
         assert client.get("/_sim/knobs").json() == before
 
 
+@pytest.mark.parametrize("method, path", [("PUT", "/_sim/knobs"), ("POST", "/tms/v1/set-action"),
+                                          ("POST", "/tms/v1/appstatus/batch")])
+def test_an_oversized_body_is_refused_unread(method, path):
+    big = b'{"fail_cids": {"' + b"C" * simulator_module.MAX_BODY_BYTES + b'": "x"}}'
+    with make_client() as client:
+        declared = client.request(method, path, content=big)
+        assert declared.status_code == 413 and "larger than" in declared.json()["error"]
+        # without a Content-Length (chunked), reading stops at the limit
+        streamed = client.request(method, path, content=iter([big[:1_000_000]] * 5))
+        assert streamed.status_code == 413
+        assert client.get("/_sim/knobs").json()["fail_cids"] == {}
+        assert client.get("/_sim/stats").json()["customers_applied"] == 0
+
+
 def test_put_knobs_seed_customers_adds_customers():
     with make_client() as client:
         client.put("/_sim/knobs", json={"seed_customers": 3})
@@ -350,6 +398,21 @@ def test_simulator_on_app_state_and_reset_method():
     sim.reset()
     assert sim.knobs.failure_rate == 0.0 and sim.stats["set_action_calls"] == 0
     assert list(sim.customers) == ["C000001"]
+
+
+def test_a_control_guard_closes_the_controls_only():
+    async def nobody(request):
+        raise HTTPException(403, "controls closed")
+
+    app = create_simulator_app(SimulatorKnobs(), control_guard=nobody)
+    with TestClient(app) as client:
+        for method, path in CONTROLS:
+            answer = client.request(method, path, json={"failure_rate": 1.0} if method == "PUT" else None)
+            assert (answer.status_code, answer.text) == (403, "controls closed"), (method, path)
+        assert app.state.simulator.knobs.failure_rate == 0.0
+        # the cluster's own API is not a control: it answers as before
+        assert set_action(client, ["C1"]).json() == {"success": True, "results": {"C1": {"ok": True}}}
+        assert client.get("/tms/v1/appstatus/C1").status_code == 200
 
 
 def test_works_mounted_under_sim():

@@ -71,7 +71,7 @@ async def test_set_action_against_the_simulator(sim):
         results = await client.set_action(cluster, "PE-Enable", 2, ["C1", "C2"], request_id="job:0")
         assert {cid: (r.ok, r.error) for cid, r in results.items()} == {
             "C1": (True, None), "C2": (False, "customer locked")}
-        assert sim.stats()["last_authorization"] is None
+        assert sim.stats()["last_authorization_fingerprint"] is None
         # the same request_id again: the cluster drops it and repeats its first answer
         again = await client.set_action(cluster, "PE-Enable", 2, ["C1", "C2"], request_id="job:0")
         assert again == results
@@ -79,9 +79,10 @@ async def test_set_action_against_the_simulator(sim):
 
         service = Cluster("sim", "Simulated", sim.url, service_token="svc-token")
         await client.set_action(service, "PE-Enable", 2, ["C3"], request_id="job:1")
-        assert sim.stats()["last_authorization"] == "Bearer svc-token"
+        assert sim.stats()["last_authorization_fingerprint"] == sim.fingerprint("Bearer svc-token")
         await client.set_action(service, "PE-Enable", 2, ["C4"], request_id="job:2", user_token="mine")
-        assert sim.stats()["last_authorization"] == "Bearer mine"  # the user's own token wins
+        # the user's own token wins
+        assert sim.stats()["last_authorization_fingerprint"] == sim.fingerprint("Bearer mine")
         assert "svc-token" not in repr(service)
 
         customers, next_page = await client.customer_states_page(cluster, 1)

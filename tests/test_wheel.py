@@ -37,7 +37,8 @@ PAGE_REFERENCE = re.compile(r'(?:src|href)="([^"#]+)"')
 MODULE_REFERENCE = re.compile(r"""^\s*(?:import|export)\s[^;'"]*?\bfrom\s*['"]([^'"]+)['"]"""
                               r"""|^\s*import\s*['"]([^'"]+)['"]|\bimport\(\s*['"]([^'"]+)['"]\s*\)""", re.M)
 VENDORED = ["/web/vendor/socket.io-client/socket.io.esm.min.js", "/web/vendor/uplot/uPlot.esm.js",
-            "/web/vendor/uplot/uPlot.min.css"]
+            "/web/vendor/uplot/uPlot.min.css", "/web/vendor/swagger-ui-dist/swagger-ui-bundle.js",
+            "/web/vendor/swagger-ui-dist/swagger-ui.css"]
 
 
 def _run(command: list, **kwargs) -> subprocess.CompletedProcess:
@@ -168,14 +169,14 @@ def test_the_jobmon_command_is_the_installed_package(installed):
 
 
 def test_the_installed_server_serves_the_pages_scripts_and_vendored_libraries(served):
-    """Every file the two pages load, followed through the modules' imports, is served with its type."""
+    """Every file the pages load, followed through the modules' imports, is served with its type."""
     with httpx.Client(base_url=served.url, timeout=10) as http:
-        for page in ("/", "/wallboard"):
+        for page in ("/", "/wallboard", "/docs"):
             response = http.get(page)
             assert response.status_code == 200, (page, response.text)
             _assert_content_type(response, page)
             assert response.headers["cache-control"] == "no-cache"
-        pending = ["/", "/wallboard"]
+        pending = ["/", "/wallboard", "/docs"]
         seen: set[str] = set()
         while pending:
             path = pending.pop()

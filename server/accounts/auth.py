@@ -19,6 +19,7 @@ from server.errors import Forbidden, Unauthorized
 SESSION_COOKIE = "jobmon_session"
 CSRF_HEADER = "x-csrf-token"
 SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}
+PRINCIPAL_KEY = "jobmon.principal"  # the request scope's entry holding its principal once known
 
 
 class Authenticator:
@@ -59,7 +60,16 @@ class Authenticator:
         return await self.from_cookie(morsel.value if morsel else None)
 
     async def authenticate(self, conn: HTTPConnection) -> Principal:
-        """The principal of a request, or 401 with the reason."""
+        """The principal of a request, or 401 with the reason (looked up once per request: a route
+        described with `operation` authenticates before its function does)."""
+        found = conn.scope.get(PRINCIPAL_KEY)
+        if found is not None:
+            return found
+        principal = await self._authenticate(conn)
+        conn.scope[PRINCIPAL_KEY] = principal
+        return principal
+
+    async def _authenticate(self, conn: HTTPConnection) -> Principal:
         header = conn.headers.get("authorization")
         if header:
             scheme, _, token = header.partition(" ")

@@ -16,15 +16,16 @@ from starlette.routing import Route
 
 from server.admin.planner import SORTS, JobFilter
 from server.admin.queries import MAX_LIMIT, AdminQueries
+from server.api import models
 from server.api.common import (
     OrjsonResponse,
     client_ip,
-    json_object,
     only_params,
     query_int,
     query_text,
     services,
 )
+from server.api.spec import ADMIN, json_body, operation
 from server.errors import AppError, BadRequest
 from server.jobs.catalogue import resolve_action
 from server.jobs.store import CustomerStatus, JobStatus
@@ -120,6 +121,7 @@ def _sort(request: Request):
     return sort, order == "desc"
 
 
+@operation(auth=ADMIN, query=models.AdminJobsQuery, responses={200: (models.AdminJobPage, "text/csv")})
 async def list_jobs(request: Request) -> OrjsonResponse | StreamingResponse:
     """Every user's jobs: filtered, sorted, one keyset page at a time (or all of them as CSV)."""
     admin = await _admin(request)
@@ -136,6 +138,7 @@ async def list_jobs(request: Request) -> OrjsonResponse | StreamingResponse:
     return OrjsonResponse(page)
 
 
+@operation(auth=ADMIN, query=models.AdminCsvQuery, responses={200: "text/csv"})
 async def export_csv(request: Request) -> StreamingResponse:
     """The same filtered, sorted list as CSV, every page of it, streamed."""
     admin = await _admin(request)
@@ -175,6 +178,7 @@ def _cell(value) -> object:
     return value
 
 
+@operation(auth=ADMIN, query=models.StatsQuery, responses={200: models.AdminStats})
 async def job_stats(request: Request) -> OrjsonResponse:
     """All users' job figures, from the aggregates (never a scan of the jobs)."""
     await _admin(request)
@@ -183,6 +187,7 @@ async def job_stats(request: Request) -> OrjsonResponse:
     return OrjsonResponse(await services(request).admin_stats.figures(days))
 
 
+@operation(auth=ADMIN, query=models.NoQuery, responses={200: models.Verification})
 async def verify_stats(request: Request) -> OrjsonResponse:
     """Recount the aggregates from the jobs table and list any difference (slow: a full scan)."""
     admin = await _admin(request)
@@ -190,6 +195,7 @@ async def verify_stats(request: Request) -> OrjsonResponse:
     return OrjsonResponse(await verify_aggregates(admin.db))
 
 
+@operation(auth=ADMIN, query=models.JobDetailQuery, responses={200: models.AdminJobDetail})
 async def job_detail(request: Request) -> OrjsonResponse:
     """One job of any user, with its owner, processing time, attempts and event history."""
     admin = await _admin(request)
@@ -198,6 +204,7 @@ async def job_detail(request: Request) -> OrjsonResponse:
     return OrjsonResponse(await admin.job_detail(request.path_params["job_id"], limit))
 
 
+@operation(auth=ADMIN, query=models.ResultsQuery, responses={200: models.Results})
 async def job_results(request: Request) -> OrjsonResponse:
     """A job's per-customer outcomes, in order, a page at a time, optionally of one outcome."""
     admin = await _admin(request)
@@ -210,6 +217,7 @@ async def job_results(request: Request) -> OrjsonResponse:
                                                 query_text(request, "cursor", 2000), limit))
 
 
+@operation(auth=ADMIN, query=models.AuditQuery, responses={200: models.AuditPage})
 async def audit(request: Request) -> OrjsonResponse:
     """Who did what and when, newest first, filtered by user, kind and time."""
     admin = await _admin(request)
@@ -238,6 +246,7 @@ async def audit(request: Request) -> OrjsonResponse:
         limit=limit))
 
 
+@operation(auth=ADMIN, query=models.NoQuery, responses={200: models.UserList})
 async def list_users(request: Request) -> OrjsonResponse:
     """Every user, with role and job counts."""
     admin = await _admin(request)
@@ -245,23 +254,21 @@ async def list_users(request: Request) -> OrjsonResponse:
     return OrjsonResponse({"users": await admin.users()})
 
 
+@operation(auth=ADMIN, query=models.NoQuery, body=models.NewUser, responses={201: models.CreatedUser}, errors=(409,))
 async def create_user(request: Request) -> OrjsonResponse:
     """Create a user (or another admin)."""
     s = services(request)
     principal = await s.auth.require_admin(request)
     only_params(request, set())
-    body = await json_object(request, limit=8 * 1024)
-    unknown = sorted(set(body) - {"username", "password", "role"})
-    if unknown:
-        raise _bad(unknown[0], f"Unknown field {unknown[0][:40]!r}; send username, password and role")
-    role = body.get("role", "user")
-    user = await s.accounts.create_user(body.get("username"), body.get("password"), role)
+    body = await json_body(request, models.NewUser, 8 * 1024)
+    user = await s.accounts.create_user(body.username, body.password, body.role)
     await s.audit.record("user_created", user_id=principal.user_id, username=principal.username,
                          subject=user["username"], detail={"id": user["id"], "role": user["role"]},
                          ip=client_ip(request))
     return OrjsonResponse({"user": user}, status_code=201)
 
 
+@operation(auth=ADMIN, query=models.NoQuery, responses={200: models.RetentionAnswer})
 async def retention(request: Request) -> OrjsonResponse:
     """The retention policy and what this node's last pruning run removed."""
     s = services(request)

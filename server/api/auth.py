@@ -7,20 +7,31 @@ from starlette.routing import Route
 
 from server.accounts.auth import SESSION_COOKIE
 from server.accounts.store import Scope
-from server.api.common import OrjsonResponse, client_ip, json_object, services
+from server.api.common import OrjsonResponse, client_ip, services
+from server.api.models import (
+    CreatedTokenAnswer,
+    Login,
+    LoginAnswer,
+    MeAnswer,
+    NewToken,
+    Ok,
+    RevokedAnswer,
+    TokenList,
+    TokensQuery,
+)
+from server.api.spec import json_body, operation
 from server.errors import BadRequest, TooManyRequests, error_body
 from server.timeutil import now_ms
 
+MAX_AUTH_BODY = 8 * 1024
 
+
+@operation(auth=None, body=Login, responses={200: LoginAnswer}, errors=(401, 429))
 async def login(request: Request) -> OrjsonResponse:
     """Check a username and password; set the session cookie and return the CSRF token."""
     s = services(request)
-    body = await json_object(request, limit=8 * 1024)
-    username, password = body.get("username"), body.get("password")
-    if not isinstance(username, str) or not username or len(username) > 64:
-        raise BadRequest("'username' is required", code="validation_error", details={"field": "username"})
-    if not isinstance(password, str) or not password or len(password) > 1024:
-        raise BadRequest("'password' is required", code="validation_error", details={"field": "password"})
+    body = await json_body(request, Login, MAX_AUTH_BODY)
+    username, password = body.username, body.password
     window_ms = int(s.settings.login_window * 1000)
     recent_failures = await s.audit.count_since("login_failed", username, now_ms() - window_ms)
     if recent_failures >= s.settings.login_attempts:
@@ -39,6 +50,7 @@ async def login(request: Request) -> OrjsonResponse:
     return response
 
 
+@operation(auth=Scope.READ, responses={200: Ok})
 async def logout(request: Request) -> OrjsonResponse:
     """End the session: the cookie stops working here and its live sockets are disconnected."""
     s = services(request)
@@ -54,36 +66,42 @@ async def logout(request: Request) -> OrjsonResponse:
     return response
 
 
+@operation(auth=Scope.READ, responses={200: MeAnswer})
 async def me(request: Request) -> OrjsonResponse:
     """The current user, and the CSRF token of a cookie session (so a reloaded page can write)."""
     principal = await services(request).auth.require(request, Scope.READ)
     return OrjsonResponse({"user": principal.public(), "csrf_token": principal.csrf_token})
 
 
+@operation(auth=Scope.WRITE, body=NewToken, responses={201: CreatedTokenAnswer},
+           links={201: {"RevokeToken": ("auth_revoke_token", {"token_id": "$response.body#/token/id"})}})
 async def create_token(request: Request) -> OrjsonResponse:
     """Create an API token; its secret is in this answer only."""
     s = services(request)
     principal = await s.auth.require(request, Scope.WRITE)
-    body = await json_object(request, limit=8 * 1024)
-    scope = Scope.parse(body.get("scope", "read"))
+    body = await json_body(request, NewToken, MAX_AUTH_BODY)
+    scope = Scope.parse(body.scope)
     if scope > principal.scope:
         raise BadRequest(f"A '{principal.scope.name.lower()}' credential cannot create a "
                          f"'{scope.name.lower()}' token", code="validation_error", details={"field": "scope"})
-    token = await s.accounts.create_token(principal.user_id, principal.role, scope, body.get("name", ""))
+    token = await s.accounts.create_token(principal.user_id, principal.role, scope, body.name)
     await s.audit.record("token_created", user_id=principal.user_id, username=principal.username,
                          subject=str(token["id"]), detail={"name": token["name"], "scope": token["scope"]},
                          ip=client_ip(request))
     return OrjsonResponse({"token": token}, status_code=201)
 
 
+@operation(auth=Scope.READ, query=TokensQuery, responses={200: TokenList})
 async def list_tokens(request: Request) -> OrjsonResponse:
     """The caller's tokens (never their secrets); admins may pass all=true for everyone's."""
     s = services(request)
     principal = await s.auth.require(request, Scope.READ)
-    everyone = request.query_params.get("all") in ("1", "true") and principal.is_admin
+    everyone = request.state.query.all and principal.is_admin
     return OrjsonResponse({"tokens": await s.accounts.list_tokens(None if everyone else principal.user_id)})
 
 
+@operation(auth=Scope.WRITE, responses={200: RevokedAnswer},
+           path={"token_id": {"type": "integer", "minimum": 0, "maximum": 10**18 - 1}})
 async def revoke_token(request: Request) -> OrjsonResponse:
     """Revoke a token at once, disconnecting the sockets that use it."""
     s = services(request)

@@ -16,6 +16,8 @@ from server.services import Services
 
 MAX_JSON_BYTES = 64 * 1024
 IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,200}$")
+# the header as the API description shows it (`operation(headers=...)`)
+IDEMPOTENCY_HEADER = {"Idempotency-Key": {"type": "string", "pattern": IDEMPOTENCY_KEY.pattern}}
 
 
 class OrjsonResponse(Response):
@@ -25,16 +27,6 @@ class OrjsonResponse(Response):
 
     def render(self, content: Any) -> bytes:
         return orjson.dumps(content)
-
-
-def described(body: type | None = None, answer: type | None = None, status: int = 200):
-    """Mark a route function with its request and answer models (pydantic), for /openapi.json."""
-
-    def mark(endpoint):
-        endpoint.body_model, endpoint.answer_model, endpoint.answer_status = body, answer, status
-        return endpoint
-
-    return mark
 
 
 def services(request: Request) -> Services:

@@ -16,15 +16,14 @@ from starlette.routing import Route
 from server.accounts.store import Principal, Scope
 from server.api.common import (
     MAX_JSON_BYTES,
+    IDEMPOTENCY_HEADER,
     OrjsonResponse,
-    described,
     idempotency_key,
-    only_params,
-    query_int,
-    query_text,
     read_body,
     services,
 )
+from server.api.models import DeploymentsQuery, LimitQuery, NoQuery, PageQuery, PipelineJobsQuery
+from server.api.spec import operation
 from server.errors import BadRequest
 from server.jobs.store import parse_job_id
 from server.parsing import parse_status_list
@@ -50,7 +49,6 @@ from server.pipelines.models import (
     parse_body,
 )
 
-MAX_PAGE = 100
 AGENT_ID = re.compile(r"^[^\x00-\x1f\x7f]{1,100}$")
 
 
@@ -79,12 +77,8 @@ def _deployment_id(request: Request) -> str:
     return parse_job_id(request.path_params["deployment_id"], field="id")
 
 
-def _statuses(request: Request, valid) -> tuple[str, ...]:
-    return parse_status_list(query_text(request, "status", 200), [s.value for s in valid], case=str.lower)
-
-
-def _page_params(request: Request) -> tuple[str | None, int]:
-    return query_text(request, "cursor", 500), query_int(request, "limit", 50, 1, MAX_PAGE)
+def _statuses(raw: str | None, valid) -> tuple[str, ...]:
+    return parse_status_list(raw, [s.value for s in valid], case=str.lower)
 
 
 def _created(record: dict, key: str, created: bool) -> OrjsonResponse:
@@ -92,7 +86,11 @@ def _created(record: dict, key: str, created: bool) -> OrjsonResponse:
 
 
 # -- pipeline jobs -----------------------------------------------------------------------------
-@described(NewPipelineJob, PipelineJobAnswer, 201)
+@operation(auth=Scope.AGENT, body=NewPipelineJob, responses={201: PipelineJobAnswer, 200: PipelineJobAnswer},
+           headers=IDEMPOTENCY_HEADER, links={201: {
+               name: (target, {"job_id": "$response.body#/job/job_id"})
+               for name, target in [("GetPipelineJob", "dashboard_get_job"), ("UpdatePipelineJob", "dashboard_update_job"),
+                                    ("CompletePipelineJob", "dashboard_complete_job")]}})
 async def create_job(request: Request) -> OrjsonResponse:
     """Report a new pipeline job (201; the same job again, 200, for a repeated Idempotency-Key)."""
     s = services(request)
@@ -103,42 +101,39 @@ async def create_job(request: Request) -> OrjsonResponse:
     return _created(job, "job", created)
 
 
-@described(answer=PipelineJobPage)
+@operation(auth=Scope.READ, query=PipelineJobsQuery, responses={200: PipelineJobPage})
 async def list_jobs(request: Request) -> OrjsonResponse:
     """Pipeline jobs newest first, by status (several allowed), agent or repo, one page per cursor."""
     principal = await _reader(request)
-    only_params(request, {"status", "agent_id", "repo", "cursor", "limit"})
-    cursor, limit = _page_params(request)
+    query: PipelineJobsQuery = request.state.query
     return OrjsonResponse(await services(request).pipelines.list_jobs(
-        user_id=_owner(principal), statuses=_statuses(request, PipelineStatus),
-        agent_id=query_text(request, "agent_id", 100), repo=query_text(request, "repo", 200),
-        cursor=cursor, limit=limit))
+        user_id=_owner(principal), statuses=_statuses(query.status, PipelineStatus),
+        agent_id=query.agent_id, repo=query.repo, cursor=query.cursor, limit=query.limit))
 
 
-@described(answer=PipelineJobPage)
+@operation(auth=Scope.READ, query=LimitQuery, responses={200: PipelineJobPage})
 async def running_jobs(request: Request) -> OrjsonResponse:
     """Pending, queued and running pipeline jobs, newest first."""
     principal = await _reader(request)
-    only_params(request, {"limit"})
     page = await services(request).pipelines.list_jobs(
-        user_id=_owner(principal), statuses=ACTIVE_PIPELINE, limit=query_int(request, "limit", 50, 1, MAX_PAGE))
+        user_id=_owner(principal), statuses=ACTIVE_PIPELINE, limit=request.state.query.limit)
     return OrjsonResponse({"jobs": page["jobs"]})
 
 
-@described(answer=PipelineJobPage)
+@operation(auth=Scope.READ, query=PageQuery, responses={200: PipelineJobPage},
+           path={"agent_id": {"type": "string", "pattern": AGENT_ID.pattern}})
 async def agent_jobs(request: Request) -> OrjsonResponse:
     """One agent's pipeline jobs, newest first, one page per cursor."""
     principal = await _reader(request)
-    only_params(request, {"cursor", "limit"})
     agent_id = request.path_params["agent_id"]
     if not AGENT_ID.fullmatch(agent_id):
         raise BadRequest("'agent_id' is 1-100 characters", code="validation_error", details={"field": "agent_id"})
-    cursor, limit = _page_params(request)
+    query: PageQuery = request.state.query
     return OrjsonResponse(await services(request).pipelines.list_jobs(
-        user_id=_owner(principal), agent_id=agent_id, cursor=cursor, limit=limit))
+        user_id=_owner(principal), agent_id=agent_id, cursor=query.cursor, limit=query.limit))
 
 
-@described(answer=PipelineJobAnswer)
+@operation(auth=Scope.READ, responses={200: PipelineJobAnswer})
 async def get_job(request: Request) -> OrjsonResponse:
     """One pipeline job."""
     principal = await _reader(request)
@@ -146,7 +141,7 @@ async def get_job(request: Request) -> OrjsonResponse:
     return OrjsonResponse({"job": job})
 
 
-@described(PipelineJobUpdate, PipelineJobAnswer)
+@operation(auth=Scope.AGENT, body=PipelineJobUpdate, responses={200: PipelineJobAnswer}, errors=(409,))
 async def update_job(request: Request) -> OrjsonResponse:
     """A pipeline job's status while it runs (queued, running, cancelled), or `{}`: a heartbeat."""
     principal = await _reporter(request)
@@ -156,7 +151,7 @@ async def update_job(request: Request) -> OrjsonResponse:
     return OrjsonResponse({"job": job})
 
 
-@described(PipelineJobCompletion, PipelineJobAnswer)
+@operation(auth=Scope.AGENT, body=PipelineJobCompletion, responses={200: PipelineJobAnswer}, errors=(409,))
 async def complete_job(request: Request) -> OrjsonResponse:
     """Finish a pipeline job: exit code 0 is success, another failed (or the status sent)."""
     principal = await _reporter(request)
@@ -167,7 +162,12 @@ async def complete_job(request: Request) -> OrjsonResponse:
 
 
 # -- deployments -------------------------------------------------------------------------------
-@described(NewDeployment, DeploymentAnswer, 201)
+@operation(auth=Scope.AGENT, body=NewDeployment, responses={201: DeploymentAnswer, 200: DeploymentAnswer},
+           headers=IDEMPOTENCY_HEADER, links={201: {
+               name: (target, {"deployment_id": "$response.body#/deployment/id"})
+               for name, target in [("GetDeployment", "dashboard_get_deployment"), ("Stage", "dashboard_stage"),
+                                    ("Promote", "dashboard_promote"), ("RollBack", "dashboard_roll_back"),
+                                    ("Fail", "dashboard_fail"), ("Metrics", "dashboard_record_metrics")]}})
 async def create_deployment(request: Request) -> OrjsonResponse:
     """Announce a deployment of a service version (201, status pending)."""
     s = services(request)
@@ -185,36 +185,35 @@ async def create_deployment(request: Request) -> OrjsonResponse:
     return _created(deployment, "deployment", created)
 
 
-@described(answer=DeploymentPage)
+@operation(auth=Scope.READ, query=DeploymentsQuery, responses={200: DeploymentPage})
 async def list_deployments(request: Request) -> OrjsonResponse:
     """Deployments newest first, by status or service, one page per cursor."""
     principal = await _reader(request)
-    only_params(request, {"status", "service_name", "cursor", "limit"})
-    cursor, limit = _page_params(request)
+    query: DeploymentsQuery = request.state.query
     return OrjsonResponse(await services(request).pipelines.list_deployments(
-        user_id=_owner(principal), statuses=_statuses(request, DeploymentStatus),
-        service_name=_service_name(query_text(request, "service_name", 100)), cursor=cursor, limit=limit))
+        user_id=_owner(principal), statuses=_statuses(query.status, DeploymentStatus),
+        service_name=query.service_name, cursor=query.cursor, limit=query.limit))
 
 
-@described(answer=DeploymentPage)
+@operation(auth=Scope.READ, query=PageQuery, responses={200: DeploymentPage},
+           path={"service_name": {"type": "string", "pattern": SERVICE_NAME}})
 async def service_deployments(request: Request) -> OrjsonResponse:
     """One service's deployments, newest first, one page per cursor."""
     principal = await _reader(request)
-    only_params(request, {"cursor", "limit"})
-    cursor, limit = _page_params(request)
+    query: PageQuery = request.state.query
     return OrjsonResponse(await services(request).pipelines.list_deployments(
         user_id=_owner(principal), service_name=_service_name(request.path_params["service_name"]),
-        cursor=cursor, limit=limit))
+        cursor=query.cursor, limit=query.limit))
 
 
-def _service_name(raw: str | None) -> str | None:
-    if raw is not None and not re.fullmatch(SERVICE_NAME, raw):
+def _service_name(raw: str) -> str:
+    if not re.fullmatch(SERVICE_NAME, raw):
         raise BadRequest("'service_name' is 1-100 letters, digits, '.', '_' or '-'", code="validation_error",
                          details={"field": "service_name"})
     return raw
 
 
-@described(answer=DeploymentAnswer)
+@operation(auth=Scope.READ, responses={200: DeploymentAnswer})
 async def get_deployment(request: Request) -> OrjsonResponse:
     """One deployment."""
     principal = await _reader(request)
@@ -226,7 +225,6 @@ async def get_deployment(request: Request) -> OrjsonResponse:
 def _step(model: type[Body], method_name: str, doc: str):
     """A route that moves a deployment on with a body of `model` (PipelineStore.<method_name>)."""
 
-    @described(model, DeploymentAnswer)
     async def endpoint(request: Request) -> OrjsonResponse:
         principal = await _reporter(request)
         deployment_id = _deployment_id(request)
@@ -236,7 +234,7 @@ def _step(model: type[Body], method_name: str, doc: str):
 
     endpoint.__name__ = endpoint.__qualname__ = method_name
     endpoint.__doc__ = doc
-    return endpoint
+    return operation(auth=Scope.AGENT, body=model, responses={200: DeploymentAnswer}, errors=(409,))(endpoint)
 
 
 stage_deployment = _step(DeploymentStep, "stage", "Deployed to staging (staged), or being deployed there (staging).")
@@ -248,11 +246,10 @@ deployment_metrics = _step(DeploymentMetrics, "record_metrics", "Error rate, lat
 
 
 # -- summary -----------------------------------------------------------------------------------
-@described(answer=Summary)
+@operation(auth=Scope.READ, query=NoQuery, responses={200: Summary})
 async def summary(request: Request) -> OrjsonResponse:
     """Running and failed-today jobs, today's deployments, the newest ones, and what is live where."""
     principal = await _reader(request)
-    only_params(request, set())
     return OrjsonResponse(await services(request).pipelines.summary(_owner(principal)))
 
 

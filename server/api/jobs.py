@@ -10,15 +10,30 @@ from starlette.routing import Route
 
 from server.accounts.store import Scope
 from server.api.common import (
+    IDEMPOTENCY_HEADER,
+    MAX_JSON_BYTES,
     OrjsonResponse,
     client_ip,
     idempotency_key,
     job_in_path,
     json_object,
-    query_int,
-    query_text,
     services,
 )
+from server.api.models import (
+    Clusters,
+    CustomerPage,
+    CustomersQuery,
+    JobAnswer,
+    JobDetail,
+    JobPage,
+    MyJobsQuery,
+    MyStats,
+    NewSetAction,
+    RetryBody,
+    SetActionAnswer,
+    SetActionUpload,
+)
+from server.api.spec import json_body, operation
 from server.errors import BadRequest, Conflict, PayloadTooLarge
 from server.jobs.catalogue import (
     ACTIONS,
@@ -34,6 +49,7 @@ from server.stats.live import daily_figures, job_stats
 UPSTREAM_TOKEN = re.compile(r"^[\x21-\x7e]{1,4096}$")
 
 
+@operation(auth=Scope.READ, responses={200: Clusters})
 async def list_clusters(request: Request) -> OrjsonResponse:
     """The clusters a Set Action may target, and the actions."""
     s = services(request)
@@ -93,6 +109,12 @@ async def _read_set_action(request: Request, max_cids: int, max_bytes: int) -> t
     return body, validate_cids(body["cids"], max_cids), None
 
 
+@operation(auth=Scope.WRITE, body=NewSetAction, form=SetActionUpload, responses={202: SetActionAnswer},
+           headers=IDEMPOTENCY_HEADER, links={202: {
+               name: (target, {"job_id": "$response.body#/job/job_id"})
+               for name, target in [("GetJob", "jobs_get_job"), ("JobCustomers", "jobs_job_customers"),
+                                    ("CancelJob", "jobs_cancel_job"), ("RetryJob", "jobs_retry_job"),
+                                    ("JobActions", "scope_job_actions"), ("JobAppStatus", "scope_job_appstatus")]}})
 async def create_set_action(request: Request) -> OrjsonResponse:
     """Start a Set Action: 202 with the new job (the same job again for a repeated Idempotency-Key)."""
     s = services(request)
@@ -117,25 +139,21 @@ async def create_set_action(request: Request) -> OrjsonResponse:
     return OrjsonResponse({"job": job, "idempotent_replay": not created}, status_code=202)
 
 
-def _statuses(request: Request) -> list[str] | None:
-    statuses = parse_status_list(query_text(request, "status"), sorted(s.value for s in JobStatus))
-    return list(statuses) if statuses else None
-
-
+@operation(auth=Scope.READ, query=MyJobsQuery, responses={200: JobPage})
 async def my_jobs(request: Request) -> OrjsonResponse:
     """The caller's jobs, newest first, filtered, one page per cursor."""
     s = services(request)
     principal = await s.auth.require(request, Scope.READ)
-    action = query_text(request, "action", 64)
-    cluster = query_text(request, "cluster", 64)
+    query: MyJobsQuery = request.state.query
+    statuses = parse_status_list(query.status, sorted(s.value for s in JobStatus))
     page = await s.jobs.list_jobs(
-        user_id=principal.user_id, statuses=_statuses(request),
-        action=resolve_action(action).name if action else None,
-        cluster=cluster, text=query_text(request, "q", 100) or query_text(request, "text", 100),
-        cursor=query_text(request, "cursor", 500), limit=query_int(request, "limit", 50, 1, 200))
+        user_id=principal.user_id, statuses=list(statuses) or None,
+        action=resolve_action(query.action).name if query.action else None,
+        cluster=query.cluster, text=query.q or query.text, cursor=query.cursor, limit=query.limit)
     return OrjsonResponse(page)
 
 
+@operation(auth=Scope.READ, responses={200: JobDetail})
 async def get_job(request: Request) -> OrjsonResponse:
     """One job (the owner's or, for admins, anyone's) with its customers grouped by outcome."""
     _, job = await job_in_path(request, Scope.READ)
@@ -143,17 +161,19 @@ async def get_job(request: Request) -> OrjsonResponse:
     return OrjsonResponse({"job": job, "customer_summary": summary})
 
 
+@operation(auth=Scope.READ, query=CustomersQuery, responses={200: CustomerPage})
 async def job_customers(request: Request) -> OrjsonResponse:
     """The job's customers in order, filterable by status, one page per cursor."""
     _, job = await job_in_path(request, Scope.READ)
-    status = query_text(request, "status", 16)
+    query: CustomersQuery = request.state.query
+    status = query.status
     if status is not None:
         status = status.upper()
         if status not in {c.value for c in CustomerStatus}:
             raise BadRequest(f"Unknown customer status {status!r}; valid: "
                              + ", ".join(c.value for c in CustomerStatus),
                              code="validation_error", details={"field": "status"})
-    cursor = query_text(request, "cursor", 200)
+    cursor = query.cursor
     after = -1
     if cursor:
         cursor_job, after = services(request).jobs.cursors.decode(cursor, "customers", (str, int))
@@ -161,10 +181,11 @@ async def job_customers(request: Request) -> OrjsonResponse:
             raise BadRequest("This 'cursor' belongs to another job's customers: start again without it",
                              code="validation_error", details={"field": "cursor"})
     page = await services(request).jobs.list_customers(
-        job["job_id"], status=status, after_seq=after, limit=query_int(request, "limit", 500, 1, 5000))
+        job["job_id"], status=status, after_seq=after, limit=query.limit)
     return OrjsonResponse({"job_id": job["job_id"], **page})
 
 
+@operation(auth=Scope.WRITE, responses={202: JobAnswer}, errors=(409,))
 async def cancel_job(request: Request) -> OrjsonResponse:
     """Cancel a queued or running job; customers not yet sent become SKIPPED."""
     s = services(request)
@@ -175,6 +196,8 @@ async def cancel_job(request: Request) -> OrjsonResponse:
     return OrjsonResponse({"job": updated}, status_code=202)
 
 
+@operation(auth=Scope.WRITE, body=RetryBody, body_required=False, responses={202: JobAnswer}, errors=(409,),
+           headers=IDEMPOTENCY_HEADER)
 async def retry_job(request: Request) -> OrjsonResponse:
     """Run the job's failed customers again, as a new job pointing back at this one.
 
@@ -184,14 +207,10 @@ async def retry_job(request: Request) -> OrjsonResponse:
     principal, job = await job_in_path(request, Scope.WRITE)
     if job["status"] not in (JobStatus.FAILED.value, JobStatus.PARTIAL.value, JobStatus.CANCELLED.value):
         raise Conflict(f"Only a finished job with failures can be retried; this one is {job['status']}")
-    has_body = request.headers.get("content-length", "0") != "0" or "transfer-encoding" in request.headers
-    body = await json_object(request) if has_body else {}  # the body is optional here
-    include_skipped = body.get("include_skipped", False)
-    if not isinstance(include_skipped, bool):
-        raise BadRequest("'include_skipped' must be true or false", code="validation_error",
-                         details={"field": "include_skipped"})
+    body = await json_body(request, RetryBody, MAX_JSON_BYTES, required=False)
+    include_skipped = body.include_skipped
     key = idempotency_key(request)
-    token = _upstream_token(body.get("upstream_token"))  # checked before anything is stored
+    token = body.upstream_token  # checked before anything is stored
     wanted = [CustomerStatus.FAILED, CustomerStatus.SKIPPED] if include_skipped else [CustomerStatus.FAILED]
     cids = await s.jobs.cids_with_status(job["job_id"], wanted)
     if not cids:
@@ -209,6 +228,7 @@ async def retry_job(request: Request) -> OrjsonResponse:
     return OrjsonResponse({"job": new_job}, status_code=202)
 
 
+@operation(auth=Scope.READ, responses={200: MyStats})
 async def my_stats(request: Request) -> OrjsonResponse:
     """The caller's job stats (the `job-stats` payload) and the last 7 days."""
     s = services(request)

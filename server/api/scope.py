@@ -7,36 +7,37 @@ from starlette.routing import Route
 
 from server.accounts.store import Scope
 from server.api.common import (
+    MAX_JSON_BYTES,
     OrjsonResponse,
     client_ip,
     job_in_path,
-    json_object,
-    query_bool,
     services,
 )
-from server.appstatus.scope import parse_app, parse_ttl
+from server.api.models import AppStatus, AppStatusQuery, CacheStats, CustomerStates, Invalidate, Invalidated
+from server.api.spec import json_body, operation
+from server.appstatus.scope import parse_app
 from server.errors import BadRequest, Forbidden
 from server.jobs.catalogue import validate_cids
 
-INVALIDATE_FIELDS = {"job_id", "cids", "app", "cluster", "all"}
 
-
+@operation(auth=Scope.READ, responses={200: CustomerStates}, errors=(502,))
 async def job_actions(request: Request) -> OrjsonResponse:
     """The cluster's state of each of the job's customers, with the job's own result beside it."""
     _, job = await job_in_path(request, Scope.READ)
     return OrjsonResponse(await services(request).scope.customer_states(job))
 
 
+@operation(auth=Scope.READ, query=AppStatusQuery, responses={200: AppStatus}, errors=(502,))
 async def job_appstatus(request: Request) -> OrjsonResponse:
     """The app status of the job's customers, from the cache where fresh, else from the cluster."""
     s = services(request)
     _, job = await job_in_path(request, Scope.READ)
-    app = parse_app(request.query_params.get("app"))
-    ttl = parse_ttl(request.query_params.get("ttl_seconds"), s.settings.appstatus_ttl)
-    skip_cache = query_bool(request, "skip_cache", False)
-    return OrjsonResponse(await s.scope.appstatus(job, app, ttl, skip_cache))
+    query: AppStatusQuery = request.state.query
+    ttl = query.ttl_seconds or s.settings.appstatus_ttl
+    return OrjsonResponse(await s.scope.appstatus(job, query.app, ttl, query.skip_cache))
 
 
+@operation(auth=Scope.READ, responses={200: CacheStats})
 async def cache_stats(request: Request) -> OrjsonResponse:
     """Entries and counters per cluster: everything for admins, the caller's own jobs for users."""
     s = services(request)
@@ -59,36 +60,33 @@ async def _cids_of_job(request: Request, job_id: str, raw: object) -> list[str]:
     return cids
 
 
+@operation(auth=Scope.WRITE, body=Invalidate, responses={200: Invalidated})
 async def invalidate(request: Request) -> OrjsonResponse:
     """Drop cache entries: of one of the caller's jobs (optionally some CIDs, one app), or, for
     admins, by cluster and/or app or all of them."""
     s = services(request)
     principal = await s.auth.require(request, Scope.WRITE)
-    body = await json_object(request)
-    unknown = sorted(set(body) - INVALIDATE_FIELDS)
-    if unknown:
-        raise BadRequest(f"Unknown field(s): {', '.join(k[:40] for k in unknown[:5])}; expected "
-                         + ", ".join(sorted(INVALIDATE_FIELDS)), code="validation_error",
-                         details={"field": unknown[0][:40]})
-    app = parse_app(body["app"]) if body.get("app") is not None else None
-    if body.get("job_id") is not None:
-        if "cluster" in body or "all" in body:
+    body = await json_body(request, Invalidate, MAX_JSON_BYTES)
+    given = body.model_fields_set  # a field sent as null is still "given"
+    app = parse_app(body.app) if body.app is not None else None
+    if body.job_id is not None:
+        if "cluster" in given or "all" in given:
             raise BadRequest("'job_id' cannot be combined with 'cluster' or 'all'", code="validation_error",
                              details={"field": "job_id"})
-        job = await s.jobs.get_for(body["job_id"], principal.user_id, principal.is_admin)
-        cids = await _cids_of_job(request, job["job_id"], body["cids"]) if "cids" in body else None
+        job = await s.jobs.get_for(body.job_id, principal.user_id, principal.is_admin)
+        cids = await _cids_of_job(request, job["job_id"], body.cids) if "cids" in given else None
         count = await s.cache.invalidate(cluster_id=job["cluster"], app=app, job_id=job["job_id"], cids=cids)
         target = {"job_id": job["job_id"], "cids": len(cids) if cids is not None else None, "app": app}
     else:
         if not principal.is_admin:
             raise Forbidden("Send 'job_id' of one of your jobs: only admins may invalidate beyond their own jobs")
-        if "cids" in body:
+        if "cids" in given:
             raise BadRequest("'cids' needs the 'job_id' they belong to", code="validation_error",
                              details={"field": "cids"})
-        if "all" in body and body["all"] is not True:
+        if "all" in given and body.all is not True:
             raise BadRequest("'all' must be true when given", code="validation_error", details={"field": "all"})
-        cluster = s.clusters.get(body["cluster"]).id if "cluster" in body else None
-        if cluster is None and app is None and body.get("all") is not True:
+        cluster = s.clusters.get(body.cluster).id if "cluster" in given else None
+        if cluster is None and app is None and body.all is not True:
             raise BadRequest("Say what to invalidate: 'job_id' (and 'cids', 'app'), or as an admin "
                              "'cluster' and/or 'app', or 'all': true", code="validation_error")
         count = await s.cache.invalidate(cluster_id=cluster, app=app)

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import getpass
 import logging
 import sys
 
 from server.config import ConfigError, load_settings
+
+GC_YOUNG_THRESHOLD = 20_000  # allocations between two young collections (CPython's default: 700)
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -36,9 +39,24 @@ def _serve(args: argparse.Namespace) -> int:
     # uvicorn formats an access-log record per request (client address, quoted path) before the
     # logger drops it: above INFO there is no access log to write, so it is off altogether
     access_log = settings.log_level in ("DEBUG", "INFO")
+    _tune_gc()
     uvicorn.run(app, host=args.host, port=args.port, log_level=settings.log_level.lower(),
                 proxy_headers=args.proxy_headers, access_log=access_log, **UVICORN_OPTIONS)
     return 0
+
+
+def _tune_gc() -> None:
+    """Fewer garbage collections while serving.
+
+    Each request allocates hundreds of objects, so CPython's default threshold (700) ran a young
+    collection every few requests, and every few hundred of those a full one over all the
+    objects the imports made (SQLAlchemy, pydantic, Starlette): measured, about 15% of the
+    server's CPU under agent reports. What start-up made lives as long as the process: frozen, no
+    collection looks at it again; young objects are collected every GC_YOUNG_THRESHOLD allocations.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, 20, 20)
 
 
 async def _check_database(url: str) -> None:

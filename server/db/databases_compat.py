@@ -12,6 +12,8 @@ method, adapt this module, record the new hash.
   sqlite3 connection (`Connection._execute`, `_connection`): a whole batch of write units in one
   trip (server/db/units.py); `sqlite_connection` gives the sqlite3 connection itself, for a batch
   run on the loop's thread while the connection's own thread is idle.
+- `postgres_pool_usage` reads the asyncpg pool behind a PostgreSQL `Database` (`_backend._pool`)
+  for the node's system metrics.
 - `release_cancelled_connection` frees the task's connection when BEGIN/COMMIT/ROLLBACK was
   cancelled mid-way: `databases` would otherwise never release it.
 """
@@ -37,6 +39,9 @@ CHECKED_SOURCES = {
     # release_cancelled_connection: `_connection`, `_connection_counter` of these
     "databases.core.Database.connection": "3662f1df584d7ab0b08bdc183741a2369f1b6c4b52b0d7d03565a79a3df54990",
     "databases.core.Connection.__aexit__": "f5b148500f00adf79097a601e9e5b07449acb32dddac5028e351a990f211fe51",
+    # postgres_pool_usage: the asyncpg pool `connect` keeps in `_pool`
+    "databases.backends.postgres.PostgresBackend.connect":
+        "74970425318241d272882d8215a1aa1321ced99637447f2c5af88d8c652a9dd8",
     # ImmediateConnection overrides execute and is built like its parent
     "aiosqlite.core.Connection.execute": "da3192696f31097700d37c73e2e21506b7eb2342db76991b0179e8b22d1f360c",
     "aiosqlite.core.Connection.__init__": "3aed416ac99323f1df06749851cebf16d34877b4bd38dc76f1f730e5a0809eac",
@@ -71,6 +76,7 @@ class ReusingSQLitePool:
         self._max_idle = max_idle
         self._busy_timeout = busy_timeout
         self.busy_timeout_ms = int(busy_timeout * 1000)
+        self.in_use = 0  # connections handed out and not yet released (the node's system metrics)
 
     def _connect(self) -> sqlite3.Connection:
         conn = sqlite3.connect(
@@ -85,14 +91,22 @@ class ReusingSQLitePool:
         conn.execute("PRAGMA temp_store=MEMORY")
         return conn
 
+    @property
+    def idle(self) -> int:
+        """Open connections waiting for reuse."""
+        return len(self._idle)
+
     async def acquire(self) -> aiosqlite.Connection:
         if self._idle:
-            return self._idle.pop()
-        connection = ImmediateConnection(self._connect, iter_chunk_size=256)
-        await connection.__aenter__()
+            connection = self._idle.pop()
+        else:
+            connection = ImmediateConnection(self._connect, iter_chunk_size=256)
+            await connection.__aenter__()
+        self.in_use += 1
         return connection
 
     async def release(self, connection: aiosqlite.Connection) -> None:
+        self.in_use -= 1
         if connection.in_transaction:
             await connection.rollback()
         if len(self._idle) < self._max_idle:
@@ -108,6 +122,15 @@ class ReusingSQLitePool:
 def install_sqlite_pool(database: Database, pool: ReusingSQLitePool) -> None:
     """Make a SQLite `Database` take its connections from `pool` (before `connect()`)."""
     database._backend._pool = pool  # type: ignore[attr-defined]
+
+
+def postgres_pool_usage(database: Database) -> tuple[int, int, int]:
+    """(connections in use, idle, the pool's maximum) of a connected PostgreSQL `Database`."""
+    pool = database._backend._pool  # type: ignore[attr-defined]
+    if pool is None:
+        return 0, 0, 0
+    size, idle = pool.get_size(), pool.get_idle_size()
+    return size - idle, idle, pool.get_max_size()
 
 
 async def run_on_connection_thread(connection: aiosqlite.Connection, fn, *args):
@@ -147,6 +170,9 @@ async def release_cancelled_connection(database: Database, is_sqlite: bool) -> N
         connection._connection_counter = 0
         database._connection = None
         if raw is not None:
+            pool = database._backend._pool  # type: ignore[attr-defined]
+            if isinstance(pool, ReusingSQLitePool):
+                pool.in_use -= 1  # closed here instead of released to it
             # queued after the statement; closing rolls back what it left open
             await asyncio.shield(asyncio.ensure_future(raw.close()))
     else:

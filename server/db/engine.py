@@ -19,6 +19,7 @@ from databases.core import DatabaseURL
 from server.db.databases_compat import (
     ReusingSQLitePool,
     install_sqlite_pool,
+    postgres_pool_usage,
     release_cancelled_connection,
 )
 from server.db.units import Unit, WalCheckpointer, WriteBatcher, drive_async
@@ -96,7 +97,7 @@ class Db:
             # databases opens a new aiosqlite connection (and thread) per use; reuse them instead
             install_sqlite_pool(self.database, self._sqlite_pool)
             self.batcher = WriteBatcher(self.writing, self._sqlite_pool)
-            self._checkpointer = WalCheckpointer(path)
+            self._checkpointer = WalCheckpointer(path, self.writing)
             # WAL readers do not wait for the writer; a short busy timeout for the rare cases they do
             self._point_reader = sqlite3.connect(path, isolation_level=None, timeout=0.05, check_same_thread=False)
             self._point_reader.execute("PRAGMA query_only=1")
@@ -105,6 +106,13 @@ class Db:
     async def ping(self) -> None:
         """A trivial query: raises when the database does not answer."""
         await self.database.fetch_val("SELECT 1")
+
+    def pool_usage(self) -> tuple[int, int, int | None]:
+        """(connections in use, idle, the pool's maximum; None where there is none: SQLite opens
+        one more when all are busy and keeps up to SQLITE_IDLE_CONNECTIONS idle)."""
+        if self._sqlite_pool is not None:
+            return self._sqlite_pool.in_use, self._sqlite_pool.idle, None
+        return postgres_pool_usage(self.database)
 
     async def disconnect(self) -> None:
         if self.batcher is not None:

@@ -13,6 +13,7 @@ Who reads and writes each table (nothing else sends SQL to it):
   transaction, read by stats (counts, live, aggregates; aggregates' verify recounts them from jobs)
 - job_alerts: realtime.alerts; retention_state: jobs.retention; schema_version: db.migrations
 - pipeline_jobs, deployments (schema v2), pipeline_counts, live_services (schema v3): pipelines.store
+- node_reports (schema v4): system.reports
 - appstatus_cache, appstatus_claims, appstatus_generations, cache_counters: appstatus.cache
   (which reads a job's CIDs from job_customers inside its own lookup query, in one round trip)
 """
@@ -236,7 +237,7 @@ appstatus_cache = sa.Table(
 )
 
 # Finished jobs per log-spaced processing-time bucket (histogram.py), kept by JobStore.finish:
-# the admin stats read p95 from it without touching `jobs`. min_ms / max_ms (schema v4; null in
+# the admin stats read p95 from it without touching `jobs`. min_ms / max_ms (schema v5; null in
 # rows counted before) are the shortest and longest duration counted in the bucket, so no
 # percentile is ever shown beyond the durations really seen.
 duration_histogram = sa.Table(
@@ -406,4 +407,30 @@ live_services = sa.Table(
     sa.Column("version", sa.String(100), nullable=False),
     sa.Column("cluster", sa.String(64), nullable=True),
     sa.Column("live_at", sa.BigInteger, nullable=False),
+)
+
+# Each node's latest report of its own system metrics (schema v4), written by system.reports every
+# JOBMON_SYSTEM_INTERVAL seconds and read by GET /admin/system; a row whose node stopped reporting
+# is shown as gone, then pruned. `interval_ms` is the reporting node's own interval (nodes may differ).
+node_reports = sa.Table(
+    "node_reports",
+    metadata,
+    sa.Column("node_id", sa.String(160), primary_key=True),
+    sa.Column("host", sa.String(128), nullable=False),
+    sa.Column("pid", sa.Integer, nullable=False),
+    sa.Column("started_at", sa.BigInteger, nullable=False),
+    sa.Column("reported_at", sa.BigInteger, nullable=False),
+    sa.Column("interval_ms", sa.Integer, nullable=False),
+    sa.Column("cpu_percent", sa.Float, nullable=True),  # of one core, over the last interval
+    sa.Column("rss_bytes", sa.BigInteger, nullable=True),
+    sa.Column("loop_lag_ms", sa.Float, nullable=True),  # the worst sleep overshoot in the last interval
+    sa.Column("loop_lag_avg_ms", sa.Float, nullable=True),
+    sa.Column("sockets", sa.Integer, nullable=False),
+    sa.Column("jobs_running", sa.Integer, nullable=False),
+    sa.Column("fanout_queue", sa.Integer, nullable=False),
+    sa.Column("upstream_in_flight", sa.Integer, nullable=False),
+    sa.Column("db_pool_in_use", sa.Integer, nullable=False),
+    sa.Column("db_pool_idle", sa.Integer, nullable=False),
+    sa.Column("db_pool_max", sa.Integer, nullable=True),  # None: no fixed bound (SQLite)
+    sa.Index("ix_node_reports_reported", "reported_at"),
 )

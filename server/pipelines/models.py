@@ -79,7 +79,10 @@ def _http_url(value: str) -> str:
 
 
 def _metadata(value: dict[str, Any]) -> dict[str, Any]:
-    size = len(orjson.dumps(value))
+    try:
+        size = len(orjson.dumps(value))
+    except orjson.JSONEncodeError:  # what JSON allows and orjson (hence storage) cannot write
+        raise ValueError("must hold integers within 64 bits") from None
     if size > MAX_METADATA_BYTES:
         raise ValueError(f"is {size} bytes as JSON; at most {MAX_METADATA_BYTES}")
     return value

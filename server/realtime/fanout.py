@@ -42,6 +42,7 @@ class SocketState:
     cursor: int | None = None  # last own-user event id sent; None: from the next live one on
     resuming: bool = False  # a replay is running: live events wait for it (see Fanout.deliver)
     subscriptions: set[str] = field(default_factory=set)
+    job_feed: Any = None  # an admin's filter of others' job-updates (admin_feed.JobFeed); None: all of them
     allowance: float = 0.0  # rate limiter tokens (see Realtime)
     checked_at: float = 0.0
 
@@ -89,6 +90,11 @@ class Fanout:
                     del self.by_user[state.principal.user_id]
             self.admins.discard(sid)
         return state
+
+    @property
+    def queue_depth(self) -> int:
+        """Batches of committed events waiting for this node's consumer."""
+        return self._queue.qsize()
 
     def last_delivered(self, user_id: int) -> int | None:
         return self._last.get(user_id)
@@ -219,7 +225,10 @@ class Fanout:
                 if not state.resuming and (state.cursor is None or state.cursor < event_id):
                     state.cursor = event_id
                     targets.append(sid)
+            job = payload["job"] if name == "job-update" else None
             targets += [sid for sid in self.admins
-                        if self.sockets[sid].principal.user_id != user_id and not self.sockets[sid].resuming]
+                        if self.sockets[sid].principal.user_id != user_id and not self.sockets[sid].resuming
+                        and (job is None or self.sockets[sid].job_feed is None
+                             or self.sockets[sid].job_feed.matches(job))]
             if targets:
                 await self.send(targets, encode_event(self.sio, name, payload))

@@ -12,6 +12,11 @@ What goes where, and why:
   python-socketio's manager, which with Redis reaches every node's sockets. They are few (coalesced
   per user, one per alert, one per fetch), so the simple path is the right one.
 
+The design's admin protocol is served as aliases on the same server (also mounted at
+`/admin/socket.io`): `subscribe:jobs` / `unsubscribe:jobs` set an admin socket's job feed
+(`admin_feed`, applied by the fan-out), `request:job-stats` sends `job-stats`; their errors are
+also sent as an `error` event.
+
 A socket whose session or token ends is disconnected at once on the node that ended it, and by
 every other node at its next revalidation (every `socket_revalidate` seconds).
 """
@@ -29,11 +34,12 @@ from server.accounts.auth import Authenticator
 from server.accounts.store import Accounts, Principal
 from server.appstatus.scope import JobScope
 from server.config import Settings
-from server.errors import AppError, error_ack
+from server.errors import AppError, Forbidden, error_ack
 from server.jobs.events import JobEventLog
 from server.jobs.store import JobStore, parse_job_id
 from server.parsing import is_int
 from server.periodic import every
+from server.realtime.admin_feed import UNSUBSCRIBED, JobFeed, parse_job_feed
 from server.realtime.alerts import Alerts
 from server.realtime.dashboard_push import DashboardPush
 from server.realtime.emitter import ADMINS_ROOM, dashboard_room, job_room, stats_room, user_room
@@ -91,6 +97,10 @@ class Realtime:
         sio.on("get-stats", self._handler(self.on_get_stats))
         sio.on("watch-appstatus", self._handler(self.on_watch_appstatus))
         sio.on("unwatch-appstatus", self._handler(self.on_unwatch_appstatus))
+        # the design's admin protocol, as aliases (see admin_feed): errors also come as an `error` event
+        sio.on("subscribe:jobs", self._alias("subscribe:jobs", self.on_subscribe_jobs))
+        sio.on("unsubscribe:jobs", self._alias("unsubscribe:jobs", self.on_unsubscribe_jobs))
+        sio.on("request:job-stats", self._alias("request:job-stats", self.on_request_job_stats))
         sio.on("*", self.on_unknown)
 
     def __repr__(self) -> str:
@@ -203,6 +213,20 @@ class Realtime:
 
         return handle
 
+    def _alias(self, event: str, work):
+        """Wrap a handler of the design's admin protocol: as `_handler`, and an error is also sent
+        to the socket as an `error` event `{"event", "code", "message", "status", "details"}` (its
+        clients listen for that rather than read acks)."""
+        handle = self._handler(work)
+
+        async def handle_alias(sid: str, *args: Any) -> dict:
+            answer = await handle(sid, *args)
+            if "error" in answer and sid in self.fanout.sockets:
+                await self.fanout.send([sid], encode_event(self.sio, "error", {"event": event, **answer["error"]}))
+            return answer
+
+        return handle_alias
+
     def _allow(self, state: SocketState) -> bool:
         """A token bucket per socket: a flood gets errors and costs others nothing."""
         now = asyncio.get_running_loop().time()
@@ -218,7 +242,8 @@ class Realtime:
         if state is not None and not self._allow(state):
             return error_ack("rate_limited", f"Too many messages: at most {RATE:g} per second", 429)
         return error_ack("unknown_event", f"Unknown event {str(event)[:64]!r}: use resume, subscribe, "
-                                           "unsubscribe, get-stats, watch-appstatus or unwatch-appstatus", 400)
+                                           "unsubscribe, get-stats, watch-appstatus, unwatch-appstatus, "
+                                           "subscribe:jobs, unsubscribe:jobs or request:job-stats", 400)
 
     async def on_resume(self, state: SocketState, data: Any) -> dict:
         """Replay the user's job-update events after `last_event_id`, in order, then ack.
@@ -358,12 +383,40 @@ class Realtime:
         p = state.principal
         return await job_stats(self.live_stats.db, None if p.is_admin else p.user_id)
 
+    # -- the design's admin protocol (aliases) ----------------------------------------------------
+    async def on_subscribe_jobs(self, state: SocketState, data: Any) -> dict:
+        """Admins: every user's job-update events from now on, only those matching the filters
+        given (`status`, `user`, `action`, `cluster`), replacing the previous ones."""
+        _require_admin(state, "subscribe:jobs")
+        feed = await parse_job_feed(data, self.accounts.find_user)
+        state.job_feed = None if feed == JobFeed() else feed
+        return {"ok": True, "filters": feed.public()}
+
+    async def on_unsubscribe_jobs(self, state: SocketState, data: Any) -> dict:
+        """Admins: no more job-update events of other users (their own still come)."""
+        _require_admin(state, "unsubscribe:jobs")
+        state.job_feed = UNSUBSCRIBED
+        return {"ok": True}
+
+    async def on_request_job_stats(self, state: SocketState, data: Any) -> dict:
+        """The current job-stats (all users' for an admin), sent as a `job-stats` event and acked."""
+        stats = await self.on_get_stats(state, data)
+        await self.fanout.send([state.sid], encode_event(self.sio, "job-stats", stats))
+        return stats
+
     # -- periodic work -----------------------------------------------------------------------
     async def _check_stuck(self) -> None:
         await self.alerts.jobs_stuck(await self.jobs.flag_stuck(int(self.settings.stuck_after * 1000)))
 
     async def _prune_alerts(self) -> None:
         await self.alerts.prune(now_ms() - self.settings.event_retention_days * 86_400_000)
+
+
+def _require_admin(state: SocketState, event: str) -> None:
+    """403 `admin_required` unless the socket is an admin's acting as admin (not a read token)."""
+    if not state.principal.is_admin:
+        raise Forbidden(f"{event} is for admins (a session, or an admin-scoped token): it would show "
+                        "every user's jobs", code="admin_required")
 
 
 def _dashboard(data: Any) -> bool:

@@ -2,7 +2,10 @@
 
 It stands in for an external system, so its state (customers, seen request ids, counters) lives
 in memory on one `SimulatedCluster` per app. Knobs inject latency, failures, timeouts and malformed
-answers; the `/_sim/...` control routes read and change them at run time.
+answers; the `/_sim/...` control routes read and change them at run time. Who may use those routes
+is the caller's choice (`control_guard`): the standalone simulator leaves them open, Job Monitor's
+embedded one lets only admins in unless it runs in demo mode. An Authorization header the cluster
+receives is never kept: the stats show a keyed fingerprint of the last one at most.
 """
 
 from __future__ import annotations
@@ -11,14 +14,17 @@ import asyncio
 import copy
 import dataclasses
 import enum
+import hashlib
 import hmac
+import json
 import math
 import random
+import secrets
 import zlib
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Mapping
+from typing import Any, Awaitable, Callable, Mapping
 
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -35,7 +41,15 @@ MAX_STORED_RESULTS = 2_000_000
 MAX_APPSTATUS_CIDS = 1000
 MAX_SEED_CUSTOMERS = 999_999  # seeded cids are "C" + 6 digits
 MAX_PAGE_SIZE = 10_000
+# A set-action batch is at most 1,000 customers (JOBMON_BATCH_SIZE), well under this; anything
+# bigger is refused before it is read into memory, on the open API as on the controls.
+MAX_BODY_BYTES = 4 * 1024 * 1024
 ENV_PREFIX = "JOBMON_SIM_"
+HIDDEN = "(hidden)"  # what the knob answers show for a required_token that is set
+
+# Called before every /_sim control route; it refuses a caller by raising (the app's exception
+# handlers turn that into the answer), and returns None to let the caller in.
+ControlGuard = Callable[[Request], Awaitable[None]]
 
 
 class CustomerState(str, enum.Enum):
@@ -206,9 +220,14 @@ def app_status_for(cid: str, known: bool) -> tuple[str, str]:
 class SimulatedCluster:
     """State and knobs of one simulated TMS cluster, with its HTTP handlers."""
 
-    def __init__(self, knobs: SimulatorKnobs | None = None, rng: random.Random | None = None):
+    def __init__(self, knobs: SimulatorKnobs | None = None, rng: random.Random | None = None,
+                 control_guard: ControlGuard | None = None):
         self._initial_knobs = copy.deepcopy(knobs or SimulatorKnobs())
         self.rng = rng or random.Random()
+        self._control_guard = control_guard  # None: the controls are open to whoever reaches them
+        # fingerprints are keyed by a secret drawn for this cluster (never shown), so a short or
+        # guessable token cannot be found from its fingerprint by hashing candidates
+        self._fingerprint_key = secrets.token_bytes(32)
         self._in_flight = 0  # set-action calls open now (not reset: some may still be running)
         self.reset()
 
@@ -227,13 +246,18 @@ class SimulatedCluster:
             "states_calls": 0,
             "appstatus_batch_calls": 0,
             "appstatus_single_calls": 0,
-            "last_authorization": None,
+            "authorized_calls": 0,  # upstream calls that came with an Authorization header
+            "last_authorization_fingerprint": None,  # fingerprint() of the last one; never the value
             "request_ids": 0,
         }
         self._seed(self.knobs.seed_customers)
 
     def __repr__(self) -> str:
         return f"<SimulatedCluster customers={len(self.customers)} request_ids={len(self._answers)}>"
+
+    def fingerprint(self, authorization: str) -> str:
+        """A short keyed hash of an Authorization value: tells two values apart, reveals neither."""
+        return hmac.new(self._fingerprint_key, authorization.encode(), hashlib.sha256).hexdigest()[:16]
 
     def _seed(self, count: int) -> None:
         now = _now_iso()
@@ -255,7 +279,10 @@ class SimulatedCluster:
     async def _gate(self, request: Request) -> Response | None:
         """Latency and auth shared by every /tms/v1 call; a response here ends the call."""
         authorization = request.headers.get("authorization")
-        self.stats["last_authorization"] = authorization
+        if authorization is not None:
+            self.stats["authorized_calls"] += 1
+        self.stats["last_authorization_fingerprint"] = (
+            None if authorization is None else self.fingerprint(authorization))
         knobs = self.knobs
         delay_ms = knobs.latency_ms + self.rng.uniform(0, knobs.latency_jitter_ms)
         if delay_ms > 0:
@@ -269,12 +296,22 @@ class SimulatedCluster:
         return None
 
     @staticmethod
-    async def _json_object(request: Request) -> dict[str, Any] | None:
+    async def _json_object(request: Request) -> dict[str, Any] | Response:
+        """The body as a JSON object, or the 400 or 413 answer to give instead."""
+        declared = request.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+            return _error(413, f"body larger than {MAX_BODY_BYTES} bytes")
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > MAX_BODY_BYTES:  # stop reading: a body without a length is capped too
+                return _error(413, f"body larger than {MAX_BODY_BYTES} bytes")
+            chunks.append(chunk)
         try:
-            body = await request.json()
+            body = json.loads(b"".join(chunks))
         except (ValueError, UnicodeDecodeError):
-            return None
-        return body if isinstance(body, dict) else None
+            body = None
+        return body if isinstance(body, dict) else _error(400, "body must be a JSON object")
 
     async def set_action(self, request: Request) -> Response:
         """POST /tms/v1/set-action: apply an action to customers, once per request_id."""
@@ -290,8 +327,8 @@ class SimulatedCluster:
         if (denied := await self._gate(request)) is not None:
             return denied
         body = await self._json_object(request)
-        if body is None:
-            return _error(400, "body must be a JSON object")
+        if isinstance(body, Response):
+            return body
         action, code = body.get("action"), body.get("action_code")
         cids, request_id = body.get("customer_ids"), body.get("request_id")
         if not isinstance(action, str) or not action:
@@ -372,8 +409,8 @@ class SimulatedCluster:
             return _error(knobs.appstatus_batch_status,
                           f"simulated HTTP {knobs.appstatus_batch_status}")
         body = await self._json_object(request)
-        if body is None:
-            return _error(400, "body must be a JSON object")
+        if isinstance(body, Response):
+            return body
         cids, app = body.get("cids"), body.get("app", "ALL")
         if not isinstance(cids, list) or not all(isinstance(c, str) and c for c in cids):
             return _error(400, "'cids' must be a list of non-empty strings")
@@ -397,15 +434,30 @@ class SimulatedCluster:
             return _error(500, "simulated HTTP 500")
         return JSONResponse({"cid": cid, **self._status_entry(cid, app)})
 
+    async def _allow_control(self, request: Request) -> None:
+        """Let the caller use a control route, or raise what the guard raises."""
+        if self._control_guard is not None:
+            await self._control_guard(request)
+
+    @staticmethod
+    def _knobs_answer(knobs: SimulatorKnobs) -> JSONResponse:
+        # the token the cluster requires is an authorization value: it is set, never shown
+        shown = dataclasses.asdict(knobs)
+        if shown["required_token"] is not None:
+            shown["required_token"] = HIDDEN
+        return JSONResponse(shown)
+
     async def get_knobs(self, request: Request) -> Response:
         """GET /_sim/knobs: the current knobs."""
-        return JSONResponse(dataclasses.asdict(self.knobs))
+        await self._allow_control(request)
+        return self._knobs_answer(self.knobs)
 
     async def put_knobs(self, request: Request) -> Response:
         """PUT /_sim/knobs: change some knobs; all or nothing."""
+        await self._allow_control(request)
         body = await self._json_object(request)
-        if body is None:
-            return _error(400, "body must be a JSON object")
+        if isinstance(body, Response):
+            return body
         unknown = sorted(set(body) - set(_KNOB_KINDS))
         if unknown:
             return _error(400, f"unknown knob(s): {', '.join(unknown)}")
@@ -416,15 +468,17 @@ class SimulatedCluster:
         self.knobs = knobs
         # Raising seed_customers adds the missing seeded customers now; it never removes any.
         self._seed(knobs.seed_customers)
-        return JSONResponse(dataclasses.asdict(knobs))
+        return self._knobs_answer(knobs)
 
     async def post_reset(self, request: Request) -> Response:
         """POST /_sim/reset: back to the state the app was created with."""
+        await self._allow_control(request)
         self.reset()
         return JSONResponse({"reset": True})
 
     async def get_stats(self, request: Request) -> Response:
         """GET /_sim/stats: the counters."""
+        await self._allow_control(request)
         return JSONResponse(self.stats)
 
     def routes(self) -> list[Route]:
@@ -442,9 +496,14 @@ class SimulatedCluster:
         ]
 
 
-def create_simulator_app(knobs: SimulatorKnobs | None = None) -> Starlette:
-    """A Starlette app serving one simulated cluster; `app.state.simulator` holds it."""
-    simulator = SimulatedCluster(knobs)
+def create_simulator_app(knobs: SimulatorKnobs | None = None, *,
+                         control_guard: ControlGuard | None = None) -> Starlette:
+    """A Starlette app serving one simulated cluster; `app.state.simulator` holds it.
+
+    `control_guard` decides who may use the `/_sim` controls; without one they are open, as suits
+    the standalone simulator on a loopback port. The TMS API itself is never guarded here (the
+    `required_token` knob does that)."""
+    simulator = SimulatedCluster(knobs, control_guard=control_guard)
     app = Starlette(routes=simulator.routes())
     app.state.simulator = simulator
     return app

@@ -285,7 +285,7 @@ async def verify_aggregates(db: Db) -> dict:
                                              dh.c.min_ms, dh.c.max_ms)):
             key = (r[0], r[1], r[2], r[3])
             stored_hist[key] = int(r[4])
-            if r[5] is not None and r[6] is not None:  # rows counted before schema v4 have none
+            if r[5] is not None and r[6] is not None:  # rows counted before schema v5 have none
                 stored_seen[key] = {"min_ms": int(r[5]), "max_ms": int(r[6])}
 
     differences = []

@@ -65,7 +65,7 @@ def percentile(counts: dict[int, int], fraction: float,
 
 
 def row_extremes(bucket: int, min_ms: int | None, max_ms: int | None) -> tuple[int, int]:
-    """(shortest, longest) duration of a histogram row; a row counted before schema v4 has none
+    """(shortest, longest) duration of a histogram row; a row counted before schema v5 has none
     recorded, and then the bucket's own edges bound them."""
     low, high = bucket_range(bucket)
     return (low if min_ms is None else int(min_ms)), (high - 1 if max_ms is None else int(max_ms))
@@ -101,7 +101,7 @@ def _interpolated(counts: dict[int, int], fraction: float) -> int | None:
 async def add_finished(db: Db, day: str, action_name: str, cluster: str, duration_ms: int) -> None:
     """Count one finished job (inside the caller's transaction)."""
     # CASE rather than LEAST/GREATEST (PostgreSQL) or MIN/MAX (SQLite): both dialects accept it. A row
-    # counted before schema v4 keeps its nulls: its earlier jobs' durations are not known
+    # counted before schema v5 keeps its nulls: its earlier jobs' durations are not known
     await db.execute(
         "INSERT INTO duration_histogram (day, action_name, cluster, bucket, n, min_ms, max_ms) "
         "VALUES (:d, :a, :c, :b, 1, :ms, :ms) "

@@ -81,6 +81,7 @@ class TmsClient:
         self.timeout = timeout
         self.max_connections = max_connections
         self._session: aiohttp.ClientSession | None = None  # made on first use, inside the loop
+        self.in_flight = 0  # calls started and not yet answered (the node's system metrics)
 
     def _http(self) -> aiohttp.ClientSession:
         if self._session is None:
@@ -106,6 +107,7 @@ class TmsClient:
     async def _call(self, cluster: Cluster, method: str, path: str, *, user_token: str | None = None,
                     json_body: object = None, params: dict | None = None) -> object:
         url = cluster.base_url + path
+        self.in_flight += 1
         try:
             async with asyncio.timeout(self.timeout):
                 async with self._http().request(
@@ -128,6 +130,8 @@ class TmsClient:
             raise UpstreamError(
                 f"Lost the connection to cluster '{cluster.id}' before it answered ({reason})", 502, "connection"
             ) from None
+        finally:
+            self.in_flight -= 1
         if status >= 400:
             hint = _STATUS_HINTS.get(status, "the cluster refused the request")
             detail = _error_text(body)

@@ -5,7 +5,10 @@
 // Prints one JSON line per thing it sees: {"type": "connect"}, {"type": "connect_error", "message",
 // "data"}, {"type": "event", "name", "data"}, {"type": "ack", "id", "data"}, {"type": "disconnect"}.
 // Reads commands as JSON lines on stdin: {"id": 1, "emit": "subscribe", "data": {...}} emits with
-// an ack (printed as {"type": "ack", "id": 1, ...}); {"quit": true} or the end of stdin exits.
+// an ack (printed as {"type": "ack", "id": 1, ...}); without "data" it sends no argument; with
+// "noAck": true it emits without asking for an ack (printed as {"type": "sent", "id": 1}).
+// Option "path" connects to another Socket.IO path (default /socket.io). {"quit": true} or the end
+// of stdin exits.
 import { createInterface } from "node:readline";
 import { io } from "socket.io-client";
 
@@ -13,6 +16,7 @@ const options = JSON.parse(process.argv[2]);
 const print = (line) => process.stdout.write(JSON.stringify(line) + "\n");
 
 const socket = io(options.url, {
+  path: options.path ?? "/socket.io",
   transports: options.transports ?? ["polling", "websocket"],
   auth: options.token ? { token: options.token } : undefined,
   extraHeaders: options.cookie ? { Cookie: options.cookie } : undefined,
@@ -31,7 +35,13 @@ lines.on("line", async (line) => {
     socket.close();
     process.exit(0);
   }
-  const data = await socket.timeout(5000).emitWithAck(command.emit, command.data).catch((err) => ({ timeout: String(err) }));
+  const args = "data" in command ? [command.data] : [];
+  if (command.noAck) {
+    socket.emit(command.emit, ...args);
+    print({ type: "sent", id: command.id });
+    return;
+  }
+  const data = await socket.timeout(5000).emitWithAck(command.emit, ...args).catch((err) => ({ timeout: String(err) }));
   print({ type: "ack", id: command.id, data });
 });
 lines.on("close", () => {

@@ -51,6 +51,9 @@ for package in engine.io-client engine.io-parser socket.io-parser @socket.io/com
 done
 # uPlot: the ES module build and its style sheet
 vendor uplot dist/uPlot.esm.js dist/uPlot.min.css
+# Swagger UI (the API docs page, /docs): its browser bundle and style sheet, with the licences of
+# what the bundle holds and Apache-2.0's NOTICE
+vendor swagger-ui-dist swagger-ui-bundle.js swagger-ui-bundle.js.LICENSE.txt swagger-ui.css NOTICE
 
 echo "web/vendor updated:"
 grep -v '^#' "$versions"

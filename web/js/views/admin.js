@@ -1,5 +1,6 @@
 // Admin (admins only): every user's jobs with filters, sorting, keyset pages and CSV export;
-// all-users stats; the app-status cache with invalidation; users, tokens and the audit log.
+// all-users stats; every node's system figures (admin-system.js); the app-status cache with
+// invalidation; users, tokens and the audit log.
 
 import { api, clustersAndActions, query } from '../api.js';
 import {
@@ -11,10 +12,12 @@ import {
 import { on, rememberJob, knownJob, session } from '../state.js';
 import { statusWidget, updateStatus, notAvailable } from './widgets.js';
 import { tokenTable } from './tokens.js';
+import { adminSystem } from './admin-system.js';
 
 const SECTIONS = [
   { id: 'jobs', label: 'All jobs' },
   { id: 'stats', label: 'Stats' },
+  { id: 'system', label: 'System' },
   { id: 'cache', label: 'Cache' },
   { id: 'users', label: 'Users' },
   { id: 'tokens', label: 'Tokens' },
@@ -39,7 +42,10 @@ export function mount(root, { match, params }) {
       class: 'tab', href: `#/admin/${s.id}`, id: `admin-tab-${s.id}`,
       'aria-current': s.id === section ? 'page' : null, text: s.label }))),
     body);
-  const views = { jobs: adminJobs, stats: adminStats, cache: adminCache, users: adminUsers, tokens: adminTokens, audit: adminAudit };
+  const views = {
+    jobs: adminJobs, stats: adminStats, system: adminSystem, cache: adminCache, users: adminUsers, tokens: adminTokens,
+    audit: adminAudit,
+  };
   return views[section](body, params) || null;
 }
 
