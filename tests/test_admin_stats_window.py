@@ -58,8 +58,8 @@ def test_daily_has_a_row_for_each_day_asked_for(server, sim):
     for bad in ("0", "91", "-1", "7.5", "1e2", "seven", "9" * 5000, "<script>", "７"):
         answer = error(admin.get("/admin/jobs/stats", params={"days": bad}), 400)
         assert answer["details"]["field"] == "days", bad
-    assert error(admin.get("/admin/jobs/stats", params={"days": "91"}), 400)["message"] == \
-        "'days' must be between 1 and 90"
+    too_many = error(admin.get("/admin/jobs/stats", params={"days": "91"}), 400)["message"]
+    assert too_many.startswith("'days'") and "90" in too_many, too_many
     # not an admin: refused before the parameter is looked at
     assert error(api.get("/admin/jobs/stats", params={"days": "30"}), 403)
 
