@@ -47,7 +47,7 @@ class Settings:
     appstatus_concurrency: int = 8
     appstatus_cleanup_interval: float = 60.0
     states_max_pages: int = 10_000
-    stats_interval: float = 10.0
+    stats_interval: float = 5.0  # seconds between periodic job-stats (DESIGN: every 5 s)
     stuck_after: float = 900.0
     cluster_alert_after: int = 5
     socket_revalidate: float = 5.0
@@ -240,7 +240,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         appstatus_concurrency=_int(env, "APPSTATUS_CONCURRENCY", 8, minimum=1, maximum=64),
         appstatus_cleanup_interval=_float(env, "APPSTATUS_CLEANUP_INTERVAL", 60.0, minimum=0.1),
         states_max_pages=_int(env, "STATES_MAX_PAGES", 10_000, minimum=1),
-        stats_interval=_float(env, "STATS_INTERVAL", 10.0, minimum=0.1),
+        stats_interval=_float(env, "STATS_INTERVAL", 5.0, minimum=0.1),
         stuck_after=_float(env, "STUCK_AFTER", 900.0, minimum=1.0),
         cluster_alert_after=_int(env, "CLUSTER_ALERT_AFTER", 5, minimum=1, maximum=10_000),
         socket_revalidate=_float(env, "SOCKET_REVALIDATE", 5.0, minimum=0.1),

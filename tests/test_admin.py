@@ -102,7 +102,11 @@ def world(request, tmp_path_factory, simulator_session, simulator2_session):
     """One server with a populated database per backend, shared by the tests that only read it."""
     tmp = tmp_path_factory.mktemp("admin")
     url, database = database_url(request.param, tmp)
-    server = LiveServer(server_settings(tmp, url, {"sim": simulator_session.url, "sim2": simulator2_session.url}))
+    settings = server_settings(tmp, url, {"sim": simulator_session.url, "sim2": simulator2_session.url})
+    # one customer per batch, one batch at a time: the cancelled job still has unsent customers when
+    # its cancel arrives (a cancel after the last batch was sent lets a job finish as its answers say)
+    settings.update(JOBMON_BATCH_SIZE="1", JOBMON_BATCH_CONCURRENCY="1")
+    server = LiveServer(settings)
     try:
         yield populate(server, simulator_session, simulator2_session)
     finally:

@@ -95,6 +95,8 @@ def query_int(request: Request, name: str, default: int, minimum: int, maximum: 
     if raw is None or raw == "":
         return default
     try:
+        if not raw.isascii():  # int() also reads other scripts' digits, such as "７"
+            raise ValueError(raw)
         value = int(raw)
     except ValueError:
         raise BadRequest(f"'{name}' must be an integer", code="validation_error",

@@ -17,7 +17,7 @@ from server.db.schema import metadata, schema_version
 
 logger = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 Step = Union[str, Callable[[Db], Awaitable[None]]]
 
@@ -69,6 +69,11 @@ MIGRATIONS: dict[int, list[Step]] = {
     # each node's report of its own system metrics (GET /admin/system)
     4: [
         _create_tables("node_reports"),
+    ],
+    # the shortest and longest duration of each processing-time bucket (percentiles are clamped to them)
+    5: [
+        _add_column("duration_histogram", "min_ms"),
+        _add_column("duration_histogram", "max_ms"),
     ],
 }
 

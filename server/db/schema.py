@@ -237,7 +237,9 @@ appstatus_cache = sa.Table(
 )
 
 # Finished jobs per log-spaced processing-time bucket (histogram.py), kept by JobStore.finish:
-# the admin stats read p95 from it without touching `jobs`.
+# the admin stats read p95 from it without touching `jobs`. min_ms / max_ms (schema v5; null in
+# rows counted before) are the shortest and longest duration counted in the bucket, so no
+# percentile is ever shown beyond the durations really seen.
 duration_histogram = sa.Table(
     "duration_histogram",
     metadata,
@@ -246,6 +248,8 @@ duration_histogram = sa.Table(
     sa.Column("cluster", sa.String(64), primary_key=True),
     sa.Column("bucket", sa.Integer, primary_key=True),
     sa.Column("n", sa.BigInteger, nullable=False),
+    sa.Column("min_ms", sa.BigInteger, nullable=True),
+    sa.Column("max_ms", sa.BigInteger, nullable=True),
 )
 
 # Where the retention task (retention.py) got to, shared by every node.

@@ -39,7 +39,7 @@ class JobStatus(str, enum.Enum):
     SUCCESS = "SUCCESS"  # every customer succeeded
     FAILED = "FAILED"  # every customer failed
     PARTIAL = "PARTIAL"  # some customers failed
-    CANCELLED = "CANCELLED"  # stopped by its owner; unsent customers are SKIPPED
+    CANCELLED = "CANCELLED"  # stopped by its owner before every customer was sent; unsent ones are SKIPPED
 
 
 FINAL_STATUSES = {JobStatus.SUCCESS, JobStatus.FAILED, JobStatus.PARTIAL, JobStatus.CANCELLED}
@@ -450,13 +450,27 @@ class JobStore:
         return job
 
     async def request_cancel(self, job_id: str) -> dict:
-        """Cancel a job: a QUEUED one at once; an IN_PROGRESS one sends no further batch."""
+        """Cancel a job: a QUEUED one at once; an IN_PROGRESS one sends no further batch.
+
+        The request is an event of its own (`cancel_requested`) in the job's history, whatever the
+        job ends as: one whose every customer was already sent ends with the status its answers give.
+        Asking again while the job is still stopping changes nothing.
+        """
         j = tables.jobs
-        row = await self.db.fetch_one(
-            j.update().where(j.c.job_id == job_id, j.c.status.in_(ACTIVE_STATUSES))
-            .values(cancel_requested=True, updated_at=now_ms()).returning(j))
+        now = now_ms()
+        async with self.db.transaction():
+            row = await self.db.fetch_one(
+                j.update().where(j.c.job_id == job_id, j.c.status.in_(ACTIVE_STATUSES),
+                                 j.c.cancel_requested.is_(False))
+                .values(cancel_requested=True, updated_at=now).returning(j))
+            events = []
+            if row is not None:
+                events = await self._append_events(row.user_id, public_job(row), ["cancel_requested"], now)
+        await self._publish(events)
         if row is None:
             current = await self.get_row(job_id)
+            if current is not None and current.status in ACTIVE_STATUSES:
+                return public_job(current)  # asked before: the job is stopping
             raise Conflict(f"The job is already {current.status if current else 'gone'}; only a queued or "
                            "running job can be cancelled")
         if row.status == JobStatus.QUEUED.value and row.lease_owner is None:
@@ -486,8 +500,12 @@ class JobStore:
 
 
 def _final_status(row, skipped: int) -> tuple[JobStatus, str | None]:
-    """The final status of a job and the message a user reads in its tooltip."""
-    if row.cancel_requested:
+    """The final status of a job and the message a user reads in its tooltip.
+
+    A cancel that came after the last batch was sent kept no customer from being sent (none is
+    skipped): the job ends as its answers say, and its history keeps the `cancel_requested` event.
+    """
+    if row.cancel_requested and skipped:
         return JobStatus.CANCELLED, f"Cancelled by its owner; {skipped} customer(s) were not sent"
     if row.failed == 0:
         return JobStatus.SUCCESS, None

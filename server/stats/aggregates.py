@@ -12,21 +12,20 @@ from __future__ import annotations
 import contextlib
 import time
 from collections import defaultdict
-from datetime import date, datetime, timedelta, timezone
+from datetime import datetime, timedelta, timezone
 
 import sqlalchemy as sa
 
 from server.db import Db
 from server.db import schema as tables
 from server.stats.counts import status_counts, success_rate
-from server.stats.histogram import bucket_sql, percentile
+from server.stats.histogram import bucket_sql, percentile, row_extremes, widen
 from server.timeutil import iso, now_ms
 
 DAY_MS = 86_400_000
-DAILY_DAYS = 7
 OUTCOMES = ("success", "failed", "partial", "cancelled")
 MAX_DIFFERENCES = 50
-MAX_WINDOW_DAYS = 90
+MAX_WINDOW_DAYS = 90  # the most days `GET /admin/jobs/stats?days=N` covers (daily rows included)
 LIVE_DAYS = 2  # today and yesterday: their aggregates may still change
 # literal, not a bound parameter: PostgreSQL matches a GROUP BY expression to the SELECT's text
 _DAY_LITERAL = sa.literal_column(str(DAY_MS), sa.BigInteger)
@@ -52,18 +51,16 @@ class AdminStats:
         self._closed_sums: dict[tuple[str, str, str], _Sums] = {}
 
     async def figures(self, window_days: int = 7, now: int | None = None) -> dict:
-        """Counts now, today, the last 7 days, and processing times and per-action and per-cluster
-        breakdowns over the last `window_days` days (today included)."""
+        """Counts now, today, and over the last `window_days` days (today included): a row per day,
+        processing times, and per-action and per-cluster breakdowns."""
         now = now_ms() if now is None else now
         today = datetime.fromtimestamp(now / 1000, tz=timezone.utc).date()
         window_start = _day(window_days - 1, today)
-        read_start = min(window_start, _day(DAILY_DAYS - 1, today))
         live_start = _day(LIVE_DAYS - 1, today)
 
         counts = await status_counts(self.db)
 
-        closed_days = [_day(offset, today) for offset in range(LIVE_DAYS, (today - date.fromisoformat(read_start))
-                                                                   .days + 1)]
+        closed_days = [_day(offset, today) for offset in range(LIVE_DAYS, window_days)]
         key = (closed_days[-1] if closed_days else "", closed_days[0] if closed_days else "", window_start)
         closed = self._closed_sums.get(key)
         if closed is None:
@@ -85,6 +82,7 @@ class AdminStats:
             sums.add_day(day, daily_rows, hist_rows, in_window=day >= window_start)
         by_day, by_action, by_cluster, window = sums.by_day, sums.by_action, sums.by_cluster, sums.window
         hist_all, hist_action, hist_cluster = sums.hist_all, sums.hist_action, sums.hist_cluster
+        seen_all, seen_action, seen_cluster = sums.seen_all, sums.seen_action, sums.seen_cluster
 
         today_key = today.isoformat()
         return {
@@ -98,16 +96,17 @@ class AdminStats:
             "today": {"day": today_key, **_public(by_day.get(today_key, _zero()))},
             "window_days": window_days,
             "processing": {"finished": window["duration_count"], "avg_ms": _avg(window),
-                           "p50_ms": percentile(hist_all, 0.5), "p95_ms": percentile(hist_all, 0.95)},
+                           "p50_ms": percentile(hist_all, 0.5, seen_all),
+                           "p95_ms": percentile(hist_all, 0.95, seen_all)},
             "avg_duration_ms": _avg(window),
-            "p95_duration_ms": percentile(hist_all, 0.95),
+            "p95_duration_ms": percentile(hist_all, 0.95, seen_all),
             "daily": [{"day": day, **_public(by_day.get(day, _zero()))}
-                      for day in (_day(offset, today) for offset in range(DAILY_DAYS - 1, -1, -1))],
+                      for day in (_day(offset, today) for offset in range(window_days - 1, -1, -1))],
             "by_action": [{"action_name": name, **_public(values),
-                           "p95_duration_ms": percentile(hist_action[name], 0.95)}
+                           "p95_duration_ms": percentile(hist_action[name], 0.95, seen_action.get(name))}
                           for name, values in sorted(by_action.items())],
             "by_cluster": [{"cluster": name, **_public(values),
-                            "p95_duration_ms": percentile(hist_cluster[name], 0.95)}
+                            "p95_duration_ms": percentile(hist_cluster[name], 0.95, seen_cluster.get(name))}
                            for name, values in sorted(by_cluster.items())],
         }
 
@@ -117,7 +116,8 @@ class AdminStats:
         names = tuple(_zero())
         daily = sa.select(ds.c.day, ds.c.action_name, ds.c.cluster, *[sa.func.sum(ds.c[n]).label(n) for n in names]) \
             .where(ds.c.day >= start).group_by(ds.c.day, ds.c.action_name, ds.c.cluster)
-        hist = sa.select(dh.c.day, dh.c.action_name, dh.c.cluster, dh.c.bucket, sa.func.sum(dh.c.n).label("n")) \
+        hist = sa.select(dh.c.day, dh.c.action_name, dh.c.cluster, dh.c.bucket, sa.func.sum(dh.c.n).label("n"),
+                         sa.func.min(dh.c.min_ms).label("min_ms"), sa.func.max(dh.c.max_ms).label("max_ms")) \
             .where(dh.c.day >= start).group_by(dh.c.day, dh.c.action_name, dh.c.cluster, dh.c.bucket)
         if end is not None:
             daily, hist = daily.where(ds.c.day < end), hist.where(dh.c.day < end)
@@ -127,7 +127,8 @@ class AdminStats:
                                          "values": {n: int(row[n] or 0) for n in names}})
         for row in await self.db.fetch_dicts(hist):
             found[row["day"]][1].append({"action_name": row["action_name"], "cluster": row["cluster"],
-                                         "bucket": row["bucket"], "n": int(row["n"])})
+                                         "bucket": row["bucket"], "n": int(row["n"]),
+                                         "seen": row_extremes(row["bucket"], row["min_ms"], row["max_ms"])})
         return dict(found)
 
 
@@ -142,6 +143,10 @@ class _Sums:
         self.hist_all: dict[int, int] = defaultdict(int)
         self.hist_action: dict[str, dict[int, int]] = defaultdict(lambda: defaultdict(int))
         self.hist_cluster: dict[str, dict[int, int]] = defaultdict(lambda: defaultdict(int))
+        # (shortest, longest) duration counted, overall and per action and cluster: percentiles stay inside
+        self.seen_all: tuple[int, int] | None = None
+        self.seen_action: dict[str, tuple[int, int]] = {}
+        self.seen_cluster: dict[str, tuple[int, int]] = {}
 
     def add_day(self, day: str, daily_rows: list[dict], hist_rows: list[dict], in_window: bool) -> None:
         for row in daily_rows:
@@ -156,6 +161,11 @@ class _Sums:
                 self.hist_all[bucket] += n
                 self.hist_action[row["action_name"]][bucket] += n
                 self.hist_cluster[row["cluster"]][bucket] += n
+                if n > 0:
+                    action, cluster, seen = row["action_name"], row["cluster"], row["seen"]
+                    self.seen_all = widen(self.seen_all, seen)
+                    self.seen_action[action] = widen(self.seen_action.get(action), seen)
+                    self.seen_cluster[cluster] = widen(self.seen_cluster.get(cluster), seen)
 
     def copy(self) -> "_Sums":
         other = _Sums()
@@ -165,6 +175,9 @@ class _Sums:
                 target[key] = dict(values)
         other.window = dict(self.window)
         other.hist_all.update(self.hist_all)
+        other.seen_all = self.seen_all
+        other.seen_action = dict(self.seen_action)
+        other.seen_cluster = dict(self.seen_cluster)
         for name in ("hist_action", "hist_cluster"):
             target = getattr(other, name)
             for key, counts in getattr(self, name).items():
@@ -258,12 +271,22 @@ async def verify_aggregates(db: Db) -> dict:
             db, sa.select(ds.c.day, ds.c.user_id, ds.c.action_name, ds.c.cluster, *[ds.c[n] for n in names]))}
 
         bucket = bucket_sql(j.c.duration_ms).label("bucket")
-        expected_hist = {(day(r[0]), r[1], r[2], r[3]): int(r[4]) for r in await _tuples(
-            db, sa.select(finished_day, j.c.action_name, j.c.cluster, bucket, sa.func.count())
-            .where(j.c.finished_at.isnot(None)).group_by(finished_day, j.c.action_name, j.c.cluster, bucket))}
+        expected_hist, expected_seen = {}, {}
+        for r in await _tuples(db, sa.select(finished_day, j.c.action_name, j.c.cluster, bucket, sa.func.count(),
+                                             sa.func.min(j.c.duration_ms), sa.func.max(j.c.duration_ms))
+                               .where(j.c.finished_at.isnot(None))
+                               .group_by(finished_day, j.c.action_name, j.c.cluster, bucket)):
+            key = (day(r[0]), r[1], r[2], r[3])
+            expected_hist[key] = int(r[4])
+            expected_seen[key] = {"min_ms": int(r[5]), "max_ms": int(r[6])}
         dh = tables.duration_histogram
-        stored_hist = {(r[0], r[1], r[2], r[3]): int(r[4]) for r in await _tuples(
-            db, sa.select(dh.c.day, dh.c.action_name, dh.c.cluster, dh.c.bucket, dh.c.n))}
+        stored_hist, stored_seen = {}, {}
+        for r in await _tuples(db, sa.select(dh.c.day, dh.c.action_name, dh.c.cluster, dh.c.bucket, dh.c.n,
+                                             dh.c.min_ms, dh.c.max_ms)):
+            key = (r[0], r[1], r[2], r[3])
+            stored_hist[key] = int(r[4])
+            if r[5] is not None and r[6] is not None:  # rows counted before schema v5 have none
+                stored_seen[key] = {"min_ms": int(r[5]), "max_ms": int(r[6])}
 
     differences = []
     differences += _compare("job_counts", ("user_id", "status"), expected_counts, stored_counts)
@@ -271,6 +294,8 @@ async def verify_aggregates(db: Db) -> dict:
                             expected_daily, stored_daily)
     differences += _compare("duration_histogram", ("day", "action_name", "cluster", "bucket"),
                             expected_hist, stored_hist)
+    differences += _compare("duration_histogram extremes", ("day", "action_name", "cluster", "bucket"),
+                            {key: expected_seen.get(key) for key in stored_seen}, stored_seen)
     return {
         "ok": not differences,
         "difference_count": len(differences),

@@ -19,12 +19,15 @@ export function badgeClass(status) {
   return `badge badge-${String(status || 'unknown').toLowerCase().replace(/[^a-z_-]/g, '')}`;
 }
 
-/** "HTTP 401 - message" for a failed or partial job (just the message without an HTTP status,
- * or when the message already starts with it, as the server's own upstream errors do). */
+/** "HTTP 401 - message" for a failed or partial job: just the message without an HTTP status, or
+ * when the message already names it anywhere ("All 2 customers failed: HTTP 401 from cluster ..."),
+ * so the status is never said twice. */
 export function failureText(job) {
   const message = job.error_message || 'failed on the cluster';
+  if (!job.http_status) return message;
   const prefix = `HTTP ${job.http_status}`;
-  return job.http_status && !message.startsWith(prefix) ? `${prefix} - ${message}` : message;
+  const named = new RegExp(`(^|[^A-Za-z0-9])${prefix}([^0-9]|$)`);
+  return named.test(message) ? message : `${prefix} - ${message}`;
 }
 
 /** The first 8 characters of a UUID, enough to tell jobs apart on screen. */

@@ -58,6 +58,25 @@ function renderCounts(stats) {
   setText($('wb-today-failed'), formatCount(stats.today?.failed));
   setText($('wb-rate'), formatPercent(stats.success_rate));
   setText($('wb-avg'), stats.avg_duration_ms === null ? '–' : formatDuration(stats.avg_duration_ms));
+  fitCardValues();
+}
+
+/**
+ * Each count card's value fits its card: the style sheet gives the largest size, and a value wider
+ * than its card ("100.0 %" on a 1920 px wallboard, "1,234,567" or "123 h 05 min" anywhere) is set
+ * smaller in proportion. All sizes are reset, then all measured, then all set: two layouts in all.
+ */
+function fitCardValues() {
+  const values = [...document.querySelectorAll('.wb-card strong')];
+  for (const node of values) node.style.fontSize = '';
+  const sizes = values.map((node) => {
+    const room = node.clientWidth;
+    const needed = node.scrollWidth;
+    if (!room || needed <= room) return null;
+    // text width follows the font size; a little spare for rounding
+    return Math.floor(parseFloat(getComputedStyle(node).fontSize) * (room / needed) * 0.97 * 10) / 10;
+  });
+  values.forEach((node, i) => { if (sizes[i] !== null) node.style.fontSize = `${sizes[i]}px`; });
 }
 
 function renderLists() {
@@ -292,6 +311,7 @@ async function start() {
   bindFullscreen();
   setInterval(renderClock, 1000);
   renderClock();
+  window.addEventListener('resize', fitCardValues);
   const token = tokenFromFragment();
   if (!token) {
     $('wb-banner').dataset.sticky = '1';

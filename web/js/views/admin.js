@@ -202,7 +202,7 @@ function adminStats(body) {
       el('section', { class: 'card' }, el('h2', { text: 'Jobs by status' }), el('p', {},
         JOB_STATUSES.map((s) => el('span', { class: 'count-chip' }, el('span', { class: `badge badge-${s.toLowerCase()}`, text: s.replace('_', ' ') }),
           ` ${formatCount(counts[s] || 0)} `)))),
-      breakdown('Last 7 days (UTC), all users', stats.daily, 'day', 'Day'),
+      breakdown(`Last ${(stats.daily || []).length} days (UTC), all users`, stats.daily, 'day', 'Day'),
       breakdown('By action', stats.by_action, 'action_name', 'Action'),
       breakdown('By cluster', stats.by_cluster, 'cluster', 'Cluster'));
   }).catch((error) => unavailableOr(status, error, 'Admin stats', body));
