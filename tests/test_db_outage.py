@@ -28,8 +28,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from realtime_client import SioClient
-from support import (SubprocessServer, db_rows, free_port, missing, users_with_tokens,
+from realtime_client import Refused, SioClient
+from support import (PostgresDatabase, SubprocessServer, db_rows, free_port, missing, users_with_tokens,
                      write_clusters_file)
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.slow]
@@ -159,6 +159,10 @@ async def test_postgres_outage_mid_run(mode, down_for, tmp_path, sim):
             ack = await client.call("get-stats")
             assert ack["error"]["code"] == "database_unavailable" and ack["error"]["status"] == 503, ack
             await asyncio.sleep(0.3)
+        # a socket that connects now (a page opened, a reconnection) is told why, and tries again later
+        with pytest.raises(Refused) as refused:
+            await SioClient().connect(server.url, token=token)
+        assert refused.value.reason["data"]["code"] == "database_unavailable", refused.value.reason
         # the runner stops taking batches: the ones in flight end, then no call reaches the cluster
         await asyncio.sleep(1.0)
         calls_while_down = sim.stats()["set_action_calls"]
@@ -209,6 +213,30 @@ async def test_postgres_outage_mid_run(mode, down_for, tmp_path, sim):
         if server is not None:
             await asyncio.to_thread(server.stop)
         await asyncio.to_thread(pg.remove)
+
+
+@pytest.mark.postgres
+async def test_transactions_cut_off_by_the_database_give_their_connection_back():
+    """A transaction whose connection dies under it (the database restarted) fails with
+    DatabaseOutage, and its pooled connection is not lost: more of them than the pool holds, then
+    a query still gets a connection at once (it used to wait forever)."""
+    from server.db import Db
+    from server.errors import DatabaseOutage
+
+    database = await asyncio.to_thread(PostgresDatabase)
+    db = Db(database.url)
+    await db.connect()
+    try:
+        for _ in range(25):  # the pool holds 20
+            with pytest.raises(DatabaseOutage):
+                async with db.transaction():
+                    await db.fetch_val("SELECT 1")
+                    # the backend ends, as in a restart: the statement, then the ROLLBACK, fail
+                    await db.fetch_val("SELECT pg_terminate_backend(pg_backend_pid())")
+        assert await asyncio.wait_for(db.fetch_val("SELECT 41 + 1"), 5) == 42
+    finally:
+        await db.disconnect()
+        await asyncio.to_thread(database.drop)
 
 
 # -- SQLite ----------------------------------------------------------------------------------------
