@@ -276,9 +276,9 @@ def fill_up(folder: Path) -> Path:
 
 
 def counts(url: str) -> tuple:
-    """What the database holds: jobs, customer rows, events, tokens."""
+    """What the database holds: jobs, customer rows, events, tokens, pipeline jobs."""
     return tuple(db_rows(url, f"SELECT COUNT(*) FROM {table}")[0][0]
-                 for table in ("jobs", "job_customers", "job_events", "api_tokens"))
+                 for table in ("jobs", "job_customers", "job_events", "api_tokens", "pipeline_jobs"))
 
 
 async def _sqlite_server(tmp_path: Path, folder: Path, sim):
@@ -310,6 +310,9 @@ async def test_sqlite_disk_full(tmp_path, sim):
             assert "disk is full" in error["message"] and "not saved" in error["message"], error
             outage_error(await asyncio.to_thread(http.post, "/api/tokens", json={"name": "x", "scope": "read"}),
                          507, "storage_full")
+            # a CI agent's report (group commit: the whole batch of changes fails, each caller told)
+            outage_error(await asyncio.to_thread(http.post, "/api/dashboard/jobs", json={
+                "job_type": "build", "repo": "acme/api", "agent_id": "ci-1"}), 507, "storage_full")
             assert await asyncio.to_thread(counts, url) == before, "a refused write left something behind"
             # reads go on
             mine = await asyncio.to_thread(http.get, "/api/jobs/mine")

@@ -171,10 +171,11 @@ class Db:
                     self._checkpointer.wrote()
 
     @contextlib.asynccontextmanager
-    async def transaction(self):
-        """A write transaction (on SQLite it takes the write lock at once)."""
+    async def transaction(self, **options):
+        """A write transaction (on SQLite it takes the write lock at once); `options` go to
+        `databases` (PostgreSQL: `isolation`, `readonly`)."""
         async with self.writing():
-            transaction = self.database.transaction()
+            transaction = self.database.transaction(**options)
             held = connection_depth(self.database)  # uses of the task's connection outside this transaction
             await self._step(transaction.start(), held)
             try:
