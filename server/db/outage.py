@@ -62,7 +62,10 @@ def _one(exc: BaseException) -> DatabaseOutage | None:
         return DatabaseFull("The database's disk is full: the change was not saved",
                             details={"reason": type(exc).__name__})
     if isinstance(exc, _PG_DOWN) or isinstance(exc, OSError) or (
-            isinstance(exc, asyncpg.InterfaceError) and "closed" in str(exc)):
+            isinstance(exc, asyncpg.InterfaceError) and "closed" in str(exc)) or (
+            # an idle pooled connection that got the server's shutdown notice (FATAL 57P01) just
+            # before its socket closed: asyncpg's protocol is still consuming that error
+            isinstance(exc, asyncpg.exceptions.InternalClientError) and "cannot switch to state" in str(exc)):
         return DatabaseOutage(DOWN, details={"reason": type(exc).__name__})
     return None
 
