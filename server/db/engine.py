@@ -31,7 +31,7 @@ INTEGRITY_ERRORS = (sa.exc.IntegrityError, sqlite3.IntegrityError,
                     asyncpg.exceptions.IntegrityConstraintViolationError)
 
 SQLITE_IDLE_CONNECTIONS = 64
-CONNECT_TIMEOUT = 5.0  # seconds to open a PostgreSQL connection before a request answers 503
+CONNECT_TIMEOUT = 5.0  # seconds to open a PostgreSQL connection before a request answers 503 (the setting's default)
 
 
 class DatabaseUnavailable(Exception):
