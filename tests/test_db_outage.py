@@ -135,7 +135,7 @@ def tracebacks(server: SubprocessServer) -> str:
 @pytest.mark.parametrize("mode, down_for", [("immediate", 3.0), ("fast", 20.0)], ids=["crash", "down-20s"])
 async def test_postgres_outage_mid_run(mode, down_for, tmp_path, sim):
     pg = await asyncio.to_thread(PrivatePostgres)
-    server = client = None
+    server = client = http = None
     try:
         await asyncio.to_thread(pg.start)
         [(user, token)] = await asyncio.to_thread(users_with_tokens, pg.url, ["alice"])
@@ -218,6 +218,8 @@ async def test_postgres_outage_mid_run(mode, down_for, tmp_path, sim):
     finally:
         if client is not None:
             await client.close()
+        if http is not None:
+            http.close()
         if server is not None:
             await asyncio.to_thread(server.stop)
         await asyncio.to_thread(pg.remove)
@@ -320,7 +322,7 @@ async def _sqlite_server(tmp_path: Path, folder: Path, sim):
 
 
 async def test_sqlite_disk_full(tmp_path, sim):
-    server = None
+    server = http = None
     with small_disk(tmp_path / "disk", 16) as disk:
         try:
             url, server, http = await _sqlite_server(tmp_path, disk, sim)
@@ -370,6 +372,8 @@ async def test_sqlite_disk_full(tmp_path, sim):
             assert len(log_lines(server, "claiming jobs paused: storage_full")) <= 1
             assert not tracebacks(server), tracebacks(server)
         finally:
+            if http is not None:
+                http.close()
             if server is not None:
                 await asyncio.to_thread(server.stop)
 
@@ -377,7 +381,7 @@ async def test_sqlite_disk_full(tmp_path, sim):
 async def test_sqlite_database_made_read_only(tmp_path, sim):
     folder = tmp_path / "db"
     folder.mkdir()
-    server = None
+    server = http = None
     files: list[str] = []
     try:
         url, server, http = await _sqlite_server(tmp_path, folder, sim)
@@ -408,5 +412,7 @@ async def test_sqlite_database_made_read_only(tmp_path, sim):
     finally:
         if files:
             _run("chattr", "-i", *files)
+        if http is not None:
+            http.close()
         if server is not None:
             await asyncio.to_thread(server.stop)
