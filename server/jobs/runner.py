@@ -121,7 +121,7 @@ class JobRunner:
         self._tasks: list[asyncio.Task] = []
         self._stopping = False
         # one log line when a database outage pauses the claims, one when they resume
-        self.claims_paused = OutageLog(logger, "claiming jobs")
+        self._claims_paused = OutageLog(logger, "claiming jobs")
         self._renewals_paused = OutageLog(logger, "renewing job leases")
 
     def submit(self, job_id: str, user_token: str | None) -> None:
@@ -145,7 +145,7 @@ class JobRunner:
             task.cancel()
         await asyncio.gather(*self._tasks, *self._running.values(), return_exceptions=True)
         try:
-            await self.store.release(self.node_id, list(self._running))
+            await self.store.release(self.node_id, [*self._running, *self._unreleased])
         except Exception:
             logger.exception("could not release job leases on shutdown")
         self._running.clear()
@@ -165,12 +165,12 @@ class JobRunner:
                         task = asyncio.create_task(self._run(job_id), name=f"job-{job_id}")
                         self._running[job_id] = task
                         task.add_done_callback(lambda _t, j=job_id: self._running.pop(j, None))
-                self.claims_paused.succeeded()
+                self._claims_paused.succeeded()
                 delay = self.poll_seconds
             except DatabaseOutage as outage:
                 # no traceback per attempt, and no long back-off: the jobs resume soon after it answers
                 delay = max(self.poll_seconds, min(OUTAGE_RETRY_SECONDS, self.lease_ms / 3000))
-                self.claims_paused.failed(outage, delay)
+                self._claims_paused.failed(outage, delay)
             except Exception:
                 delay = min(delay * 2, 30.0)
                 logger.exception("claiming jobs failed; trying again in %s seconds.", delay)
