@@ -36,6 +36,7 @@ class Settings:
     clusters_file: str = ""
     allowed_origins: tuple[str, ...] = ()
     upstream_timeout: float = 30.0
+    database_connect_timeout: float = 5.0  # PostgreSQL: opening a connection, before a request answers 503
     upstream_connections: int = 100
     batch_size: int = 100
     batch_concurrency: int = 4
@@ -229,6 +230,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         clusters_file=clusters_file,
         allowed_origins=_origins(env),
         upstream_timeout=_float(env, "UPSTREAM_TIMEOUT", 30.0, minimum=0.05),
+        database_connect_timeout=_float(env, "DATABASE_CONNECT_TIMEOUT", 5.0, minimum=0.1),
         upstream_connections=_int(env, "UPSTREAM_CONNECTIONS", 100, minimum=1, maximum=10_000),
         batch_size=_int(env, "BATCH_SIZE", 100, minimum=1, maximum=1000),
         batch_concurrency=_int(env, "BATCH_CONCURRENCY", 4, minimum=1, maximum=64),

@@ -8,7 +8,13 @@
     ├── Conflict             409  conflict
     ├── PayloadTooLarge      413  payload_too_large
     ├── TooManyRequests      429  rate_limited
-    └── BadGateway           502  upstream_error (a cluster call failed and nothing partial is useful)
+    ├── BadGateway           502  upstream_error (a cluster call failed and nothing partial is useful)
+    └── DatabaseOutage       503  database_unavailable (Retry-After): the database does not answer
+        ├── DatabaseReadOnly 503  database_read_only: it answers reads but refuses writes
+        └── DatabaseFull     507  storage_full: its disk is full
+
+A DatabaseOutage is what `server.db` raises (server/db/outage.py classifies the driver's errors);
+background work that meets one pauses until the database answers again.
 
 Every error body is `{"error": {"code", "message", "details"}}`, written by `error_body` (HTTP
 answers) and `error_ack` (Socket.IO acks, which also carry the HTTP-like `status`).
@@ -95,3 +101,20 @@ class TooManyRequests(AppError):
 class BadGateway(AppError):
     status = 502
     code = "upstream_error"
+
+
+class DatabaseOutage(AppError):
+    """The database cannot serve this request now; the client should try again later."""
+
+    status = 503
+    code = "database_unavailable"
+    retry_after = 5  # seconds: a restarting database is usually back within a few
+
+
+class DatabaseReadOnly(DatabaseOutage):
+    code = "database_read_only"
+
+
+class DatabaseFull(DatabaseOutage):
+    status = 507
+    code = "storage_full"

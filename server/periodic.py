@@ -1,5 +1,7 @@
 """The loop of every periodic background task: run some work every N seconds until cancelled,
-backing off (doubling, up to a minute) while it fails, and logging the next delay."""
+backing off (doubling, up to a minute) while it fails, and logging the next delay. While the
+database is unavailable the work pauses: one log line, a try every few seconds (not a minute
+later), one log line when it answers again."""
 
 from __future__ import annotations
 
@@ -7,19 +9,29 @@ import asyncio
 import logging
 from typing import Awaitable, Callable
 
+from server.db.outage import OutageLog
+from server.errors import DatabaseOutage
+
 logger = logging.getLogger(__name__)
+
+OUTAGE_RETRY_SECONDS = 5.0  # at most this long between tries while the database is unavailable
 
 
 async def every(seconds: float, what: str, work: Callable[[], Awaitable[object]]) -> None:
     """Await `work()` every `seconds` (the first time after one period) until the task is cancelled."""
     delay = seconds
+    paused = OutageLog(logger, what)
     while True:
         await asyncio.sleep(delay)
         try:
             await work()
+            paused.succeeded()
             delay = seconds
         except asyncio.CancelledError:
             raise
+        except DatabaseOutage as outage:
+            delay = min(seconds, OUTAGE_RETRY_SECONDS)
+            paused.failed(outage, delay)
         except Exception:
             delay = min(max(delay * 2, seconds), 60.0)
             logger.exception("%s failed; trying again in %s seconds.", what, delay)

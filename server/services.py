@@ -74,7 +74,7 @@ async def running_services(settings: Settings, sio: socketio.AsyncServer, cluste
                            *, demo_users: tuple[tuple[str, str, str], ...] = ()):
     """Build every service in dependency order, start the background work, and stop it all
     (in reverse) when the block ends. Each object gets what it uses in its constructor."""
-    db = Db(settings.database_url)
+    db = Db(settings.database_url, connect_timeout=settings.database_connect_timeout)
     await db.connect()
     try:
         await migrate(db)

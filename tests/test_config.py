@@ -56,6 +56,8 @@ def test_values_are_parsed(tmp_path):
     ("UPSTREAM_TIMEOUT", "0", "expected a number >= 0.05"),
     ("UPSTREAM_TIMEOUT", "nan", "expected a number >= 0.05"),
     ("UPSTREAM_TIMEOUT", "inf", "expected a number >= 0.05"),
+    ("DATABASE_CONNECT_TIMEOUT", "0", "expected a number >= 0.1"),
+    ("DATABASE_CONNECT_TIMEOUT", "soon", "expected a number of seconds"),
     ("BATCH_SIZE", "0", "expected an integer between 1 and 1000"),
     ("BATCH_SIZE", "5000", "expected an integer between 1 and 1000"),
     ("BATCH_SIZE", "ten", "expected an integer"),

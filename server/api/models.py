@@ -650,7 +650,8 @@ class Ready(BaseModel):
 
 class NotReady(BaseModel):
     status: Literal["unavailable"]
-    database: str
+    database: str  # why: database_unavailable, database_read_only, storage_full
+    message: str | None = None
 
 
 # -- CI/CD agents (the bodies and records are in server.pipelines.models) -------------------------

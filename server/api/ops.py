@@ -11,7 +11,7 @@ from starlette.routing import Route
 from server.api.common import OrjsonResponse, services
 from server.api.models import Health, NotReady, Ready
 from server.api.spec import operation
-from server.errors import NotFound, Unauthorized
+from server.errors import DatabaseOutage, NotFound, Unauthorized
 from server.metrics import CONTENT_TYPE
 from server.stats.counts import status_counts
 
@@ -24,10 +24,13 @@ async def healthz(request: Request) -> OrjsonResponse:
 
 @operation(auth=None, responses={200: Ready, 503: NotReady}, tags=("ops",))
 async def readyz(request: Request) -> OrjsonResponse:
-    """The database answers: ready to take traffic."""
+    """The database answers: ready to take traffic (else 503 with Retry-After, and why)."""
     s = services(request)
     try:
         await s.db.ping()
+    except DatabaseOutage as outage:
+        return OrjsonResponse({"status": "unavailable", "database": outage.code, "message": outage.message},
+                              status_code=503, headers={"Retry-After": str(outage.retry_after)})
     except Exception as exc:
         return OrjsonResponse({"status": "unavailable", "database": type(exc).__name__}, status_code=503)
     return OrjsonResponse({"status": "ready", "node": s.runner.node_id})

@@ -36,6 +36,7 @@ import sqlalchemy as sa
 from server.db import Db
 from server.db import schema as tables
 from server.metrics import Metrics
+from server.periodic import every
 from server.timeutil import iso, now_ms
 from server.upstream.client import TmsClient, UpstreamError
 from server.upstream.clusters import Cluster
@@ -53,7 +54,6 @@ CLAIM_POLL_SECONDS = 0.05
 # so a lookup costs no write; a node that dies loses at most this much of its counts.
 COUNTER_FLUSH_SECONDS = 1.0
 MAX_SNAPSHOT_ENTRIES = 200_000  # entries held in all per-job snapshots of a node (~130 bytes each)
-MAX_BACKOFF_SECONDS = 300.0
 NEVER = 2**63 - 1  # a time in ms after every other
 
 # The queries that touch thousands of rows take and give them as one JSON text each way: built and
@@ -529,16 +529,7 @@ class AppStatusCache:
                 raise
 
     async def _flush_loop(self) -> None:
-        delay = COUNTER_FLUSH_SECONDS
-        while True:
-            await asyncio.sleep(delay)
-            try:
-                await self.flush_counts()
-            except Exception:
-                delay = min(delay * 2, MAX_BACKOFF_SECONDS)
-                logger.exception("writing app-status cache counts failed; trying again in %s seconds.", delay)
-                continue
-            delay = COUNTER_FLUSH_SECONDS
+        await every(COUNTER_FLUSH_SECONDS, "writing app-status cache counts", self.flush_counts)
 
     async def stats(self, cluster_ids: list[str], user_id: int | None) -> dict:
         """Counters and entries per cluster: everyone's (user_id None) or one user's scope."""
@@ -630,18 +621,12 @@ class AppStatusCache:
         return cleaned
 
     async def _cleanup_loop(self) -> None:
-        delay = self.cleanup_interval
-        while True:
-            await asyncio.sleep(delay)
-            try:
-                cleaned = await self.cleanup()
-            except Exception:
-                delay = min(max(delay, 1.0) * 2, MAX_BACKOFF_SECONDS)
-                logger.exception("app-status cache cleanup failed; trying again in %s seconds.", delay)
-                continue
-            delay = self.cleanup_interval
-            if cleaned:
-                logger.info("app-status cache: removed %s expired entries", sum(cleaned.values()))
+        await every(self.cleanup_interval, "app-status cache cleanup", self._cleanup_logged)
+
+    async def _cleanup_logged(self) -> None:
+        cleaned = await self.cleanup()
+        if cleaned:
+            logger.info("app-status cache: removed %s expired entries", sum(cleaned.values()))
 
 
 def _rate(hits: int, misses: int) -> float | None:

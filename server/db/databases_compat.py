@@ -14,8 +14,11 @@ method, adapt this module, record the new hash.
   run on the loop's thread while the connection's own thread is idle.
 - `postgres_pool_usage` reads the asyncpg pool behind a PostgreSQL `Database` (`_backend._pool`)
   for the node's system metrics.
-- `release_cancelled_connection` frees the task's connection when BEGIN/COMMIT/ROLLBACK was
-  cancelled mid-way: `databases` would otherwise never release it.
+- `release_task_connection` frees the task's connection when BEGIN/COMMIT/ROLLBACK failed or was
+  cancelled mid-way (`Transaction.start`, `commit` and `rollback` release it only after their
+  statement succeeded): `databases` would otherwise never release it, and after a database outage
+  the pool would have lost a connection per failed transaction; `connection_depth` says whether
+  the task still holds one.
 """
 
 from __future__ import annotations
@@ -36,12 +39,16 @@ CHECKED_SOURCES = {
         "b08c4922c17368418ddd49afc4477ad87554edda48af24198b0e6a3cab5c48bc",
     "databases.backends.sqlite.SQLiteConnection.release":
         "30eb8066ac9a5ead25075786c574667bdbb2c93f81478db601f83525ac1ca014",
-    # release_cancelled_connection: `_connection`, `_connection_counter` of these
+    # release_task_connection, connection_depth: `_connection`, `_connection_counter` of these
     "databases.core.Database.connection": "3662f1df584d7ab0b08bdc183741a2369f1b6c4b52b0d7d03565a79a3df54990",
     "databases.core.Connection.__aexit__": "f5b148500f00adf79097a601e9e5b07449acb32dddac5028e351a990f211fe51",
     # postgres_pool_usage: the asyncpg pool `connect` keeps in `_pool`
     "databases.backends.postgres.PostgresBackend.connect":
         "74970425318241d272882d8215a1aa1321ced99637447f2c5af88d8c652a9dd8",
+    # ... which these keep (counted) when their statement raises
+    "databases.core.Transaction.start": "b1c12105a24ee0914121e38614c9f5c58a3c36cc554e90065049652181676a55",
+    "databases.core.Transaction.commit": "ed2bff87a0aa9e5e37c11b31b230aa9ab0aa82c3d0bfa956d981f40c81707705",
+    "databases.core.Transaction.rollback": "29c14b8bd30b5044e0f9c69bc00c42f0e37c0b581fde12e63dac83abd47d4a82",
     # ImmediateConnection overrides execute and is built like its parent
     "aiosqlite.core.Connection.execute": "da3192696f31097700d37c73e2e21506b7eb2342db76991b0179e8b22d1f360c",
     "aiosqlite.core.Connection.__init__": "3aed416ac99323f1df06749851cebf16d34877b4bd38dc76f1f730e5a0809eac",
@@ -156,12 +163,18 @@ def _with_connection(connection: aiosqlite.Connection, fn, args):
     return fn(conn, *args)
 
 
-async def release_cancelled_connection(database: Database, is_sqlite: bool) -> None:
-    """Free this task's connection after its BEGIN, COMMIT or ROLLBACK was cancelled.
+def connection_depth(database: Database) -> int:
+    """How many nested uses hold this task's `databases` connection (0: it holds none)."""
+    return database.connection()._connection_counter
 
-    The statement still runs on the connection's thread, but `databases` then never releases
-    the connection: on SQLite it would stay out of the pool holding the write lock (every
-    writer then waits for the busy timeout), on PostgreSQL it would leak from the pool.
+
+async def release_task_connection(database: Database, is_sqlite: bool) -> None:
+    """Free this task's connection after its BEGIN, COMMIT or ROLLBACK failed or was cancelled.
+
+    A cancelled statement still runs on the connection's thread, and a failed one (the database
+    went away) left the connection broken, but `databases` then never releases the connection: on
+    SQLite it would stay out of the pool holding the write lock (every writer then waits for the
+    busy timeout), on PostgreSQL it would leak from the pool (after 20, every query waits forever).
     """
     connection = database.connection()  # this task's, still counted as in use
     if is_sqlite:

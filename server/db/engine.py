@@ -18,10 +18,12 @@ from databases.core import DatabaseURL
 
 from server.db.databases_compat import (
     ReusingSQLitePool,
+    connection_depth,
     install_sqlite_pool,
     postgres_pool_usage,
-    release_cancelled_connection,
+    release_task_connection,
 )
+from server.db.outage import translated
 from server.db.units import Unit, WalCheckpointer, WriteBatcher, drive_async
 
 # What a unique or foreign-key violation raises: `databases` passes the driver's own exception on
@@ -29,6 +31,7 @@ INTEGRITY_ERRORS = (sa.exc.IntegrityError, sqlite3.IntegrityError,
                     asyncpg.exceptions.IntegrityConstraintViolationError)
 
 SQLITE_IDLE_CONNECTIONS = 64
+CONNECT_TIMEOUT = 5.0  # seconds to open a PostgreSQL connection before a request answers 503 (the setting's default)
 
 
 class DatabaseUnavailable(Exception):
@@ -39,6 +42,23 @@ class DatabaseUnavailable(Exception):
 _sqlite_writer: contextvars.ContextVar[asyncio.Task | None] = contextvars.ContextVar("sqlite_writer", default=None)
 
 _WRITE_SQL = re.compile(r"\s*(INSERT|UPDATE|DELETE|REPLACE)\b", re.IGNORECASE)
+
+
+def _outages_translated(method):
+    """A Db method whose driver errors that mean an outage raise a DatabaseOutage instead
+    (server/db/outage.py): the edge answers 503 and background work pauses."""
+
+    @functools.wraps(method)
+    async def wrapper(*args, **kwargs):
+        try:
+            return await method(*args, **kwargs)
+        except Exception as exc:
+            error = translated(exc)
+            if error is exc:
+                raise
+            raise error from exc
+
+    return wrapper
 
 
 def _writes(query) -> bool:
@@ -59,13 +79,18 @@ class Db:
     for many seconds, or fail with "database is locked", while others kept winning the lock.
     """
 
-    def __init__(self, url: str):
+    def __init__(self, url: str, *, connect_timeout: float = CONNECT_TIMEOUT):
         self.url = url
         self.is_sqlite = url.startswith("sqlite")
         if url.startswith("postgresql+asyncpg://"):
             url = "postgresql://" + url[len("postgresql+asyncpg://"):]
         self.database = Database(url, **({} if self.is_sqlite else
-                                         {"min_size": 2, "max_size": 20, "reset": _keep_session}))
+                                         # no floor of idle connections: asyncpg would log a traceback
+                                         # at every try to restore it while the database is down
+                                         {"min_size": 0, "max_size": 20, "reset": _keep_session,
+                                          # a database that does not answer fails a request within
+                                          # this (503), rather than after asyncpg's default minute
+                                          "timeout": connect_timeout}))
         self._sqlite_pool: ReusingSQLitePool | None = None
         self._write_lock = asyncio.Lock()
         self.batcher: WriteBatcher | None = None  # SQLite: group commit of write units
@@ -102,7 +127,10 @@ class Db:
             self._point_reader = sqlite3.connect(path, isolation_level=None, timeout=0.05, check_same_thread=False)
             self._point_reader.execute("PRAGMA query_only=1")
         await self.database.connect()
+        if not self.is_sqlite:
+            await self.database.fetch_val("SELECT 1")  # the pool opens no connection by itself
 
+    @_outages_translated
     async def ping(self) -> None:
         """A trivial query: raises when the database does not answer."""
         await self.database.fetch_val("SELECT 1")
@@ -143,27 +171,39 @@ class Db:
                     self._checkpointer.wrote()
 
     @contextlib.asynccontextmanager
-    async def transaction(self):
-        """A write transaction (on SQLite it takes the write lock at once)."""
+    async def transaction(self, **options):
+        """A write transaction (on SQLite it takes the write lock at once); `options` go to
+        `databases` (PostgreSQL: `isolation`, `readonly`)."""
         async with self.writing():
-            transaction = self.database.transaction()
-            await self._uncancelled(transaction.start())
+            transaction = self.database.transaction(**options)
+            held = connection_depth(self.database)  # uses of the task's connection outside this transaction
+            await self._step(transaction.start(), held)
             try:
                 yield transaction
-            except BaseException:
-                await self._uncancelled(transaction.rollback())
+            except BaseException as exc:
+                try:
+                    await self._step(transaction.rollback(), held)
+                except Exception:
+                    pass  # the database went away: it drops the transaction; the error below says why
+                if isinstance(exc, Exception) and (error := translated(exc)) is not exc:
+                    raise error from exc
                 raise
-            await self._uncancelled(transaction.commit())
+            await self._step(transaction.commit(), held)
 
-    async def _uncancelled(self, step) -> None:
-        """Run BEGIN, COMMIT or ROLLBACK; if the task is cancelled meanwhile, free the connection."""
+    async def _step(self, step, held: int) -> None:
+        """Run BEGIN, COMMIT or ROLLBACK; if it fails, or the task is cancelled meanwhile, free the
+        connection the transaction took (`databases` would keep it out of the pool for good)."""
         try:
             await step
-        except asyncio.CancelledError:
-            await release_cancelled_connection(self.database, self.is_sqlite)
+        except BaseException as exc:
+            if connection_depth(self.database) > held:
+                await release_task_connection(self.database, self.is_sqlite)
+            if isinstance(exc, Exception) and (error := translated(exc)) is not exc:
+                raise error from exc
             raise
 
     # -- write units (server/db/units.py) -----------------------------------------------------------
+    @_outages_translated
     async def run_unit(self, unit: Unit, then: Callable[[Any], Awaitable[None]] | None = None):
         """Run a write unit in a transaction of its own (on SQLite: grouped with the other units
         queued meanwhile, in one trip to a connection's thread) and return its result once committed;
@@ -212,10 +252,12 @@ class Db:
         """Run a write unit statement by statement inside the transaction this task holds."""
         return await drive_async(self.raw_fetch, unit)
 
+    @_outages_translated
     async def fetch_all(self, query, values=None):
         async with self.writing(_writes(query)):
             return await self.database.fetch_all(query, values)
 
+    @_outages_translated
     async def fetch_dicts(self, query, values=None) -> list[dict]:
         """Rows as plain dicts: many times cheaper to read than `databases` Records, for big results."""
         async with self.writing(_writes(query)):
@@ -225,14 +267,17 @@ class Db:
         keys = list(rows[0]._mapping.keys())
         return [dict(zip(keys, row._mapping.values())) for row in rows]
 
+    @_outages_translated
     async def fetch_one(self, query, values=None):
         async with self.writing(_writes(query)):
             return await self.database.fetch_one(query, values)
 
+    @_outages_translated
     async def fetch_val(self, query, values=None):
         async with self.writing(_writes(query)):
             return await self.database.fetch_val(query, values)
 
+    @_outages_translated
     async def execute(self, query, values=None):
         """Run a statement; its return value is backend-specific, so callers use RETURNING."""
         async with self.writing(_writes(query)):
@@ -242,6 +287,7 @@ class Db:
     # a statement costs milliseconds, and on SQLite every driver call is a trip to the
     # connection's thread. These run SQL text with `:name` parameters straight on the driver,
     # on the task's connection, so they join its transaction like any other query.
+    @_outages_translated
     async def raw_fetch(self, sql: str, params: dict | None = None) -> list[tuple]:
         """Rows (as tuples) of one statement; on SQLite one trip to the connection's thread."""
         params = params or {}
@@ -252,6 +298,7 @@ class Db:
             text, names = _positional(sql)
             return [tuple(row) for row in await raw.fetch(text, *[params[name] for name in names])]
 
+    @_outages_translated
     async def point_read(self, sql: str, params: dict | None = None) -> list[tuple]:
         """Rows of a small read by a unique index (a token, a session): on SQLite right here on the
         event loop's thread, in tens of microseconds (the trip to a pooled connection's thread costs
@@ -264,6 +311,7 @@ class Db:
                 pass
         return await self.raw_fetch(sql, params)
 
+    @_outages_translated
     async def insert_rows(self, table: str, columns: tuple[str, ...], rows: list[tuple]) -> None:
         """Many rows into one table, the fastest way each driver has (COPY on PostgreSQL)."""
         async with self.writing(), self.database.connection() as connection:
@@ -273,6 +321,7 @@ class Db:
             else:
                 await raw.copy_records_to_table(table, records=rows, columns=columns)
 
+    @_outages_translated
     async def raw_executemany(self, sql: str, rows: list[dict]) -> None:
         """One statement for each parameter set, in one driver call."""
         async with self.writing(_writes(sql)), self.database.connection() as connection:

@@ -103,6 +103,10 @@ def run_batch(conn: sqlite3.Connection, units: list[Unit], begun: bool = False) 
             try:
                 value = drive_sqlite(conn, unit)
             except Exception as exc:
+                if not conn.in_transaction:
+                    # SQLite rolled the whole transaction back itself (a full disk, an I/O error):
+                    # every unit of the batch failed with this error
+                    raise
                 conn.execute("ROLLBACK TO unit")
                 conn.execute("RELEASE unit")
                 outcomes.append((False, exc))

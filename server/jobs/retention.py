@@ -23,6 +23,9 @@ import sqlalchemy as sa
 from server.config import Settings
 from server.db import Db
 from server.db import schema as tables
+from server.db.outage import OutageLog
+from server.errors import DatabaseOutage
+from server.periodic import OUTAGE_RETRY_SECONDS
 from server.timeutil import iso, now_ms
 
 logger = logging.getLogger(__name__)
@@ -69,12 +72,19 @@ class RetentionTask:
 
     async def _loop(self) -> None:
         delay = self.interval
+        paused = OutageLog(logger, "retention")
         while True:
             try:
                 await self.run_once()
+                paused.succeeded()
                 delay = self.interval
             except asyncio.CancelledError:
                 raise
+            except DatabaseOutage as outage:
+                # each chunk commits on its own: the run goes on where it stopped once the database answers
+                self.last_error = f"{outage.code}: {outage.message}"
+                delay = min(self.interval, OUTAGE_RETRY_SECONDS)
+                paused.failed(outage, delay)
             except Exception as exc:
                 self.last_error = f"{type(exc).__name__}: {exc}"
                 delay = min(max(delay * 2, 1.0), 3600.0)

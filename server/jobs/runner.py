@@ -13,12 +13,15 @@ import logging
 import uuid
 from typing import Awaitable, Callable
 
-from server.errors import AppError
+from server.db.outage import OutageLog
+from server.errors import AppError, DatabaseOutage
 from server.jobs.store import Batch, BatchOutcome, JobStore
 from server.upstream.client import TmsClient, UpstreamError
 from server.upstream.clusters import ClusterRegistry
 
 logger = logging.getLogger(__name__)
+
+OUTAGE_RETRY_SECONDS = 2.0  # how often a node looks for the database again while it is down
 
 # called after every batch with the job as it now is and the whole-batch error, if any
 BatchDone = Callable[[dict, UpstreamError | None], Awaitable[None]]
@@ -68,6 +71,8 @@ class _ProgressPacer:
                 self._writing = True
                 try:
                     await self.store.record_progress(self.job_id)
+                except DatabaseOutage:
+                    pass  # the job's next batch, or its status event, carries the counts
                 except Exception:
                     logger.exception("writing the progress event of job %s failed", self.job_id)
                 finally:
@@ -111,9 +116,13 @@ class JobRunner:
         self._user_tokens: dict[str, str] = {}
         self._running: dict[str, asyncio.Task] = {}
         self._lost: dict[str, asyncio.Event] = {}  # set when another node took the job over
+        self._unreleased: set[str] = set()  # jobs stopped by a database outage, their leases still held
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task] = []
         self._stopping = False
+        # one log line when a database outage pauses the claims, one when they resume
+        self._claims_paused = OutageLog(logger, "claiming jobs")
+        self._renewals_paused = OutageLog(logger, "renewing job leases")
 
     def submit(self, job_id: str, user_token: str | None) -> None:
         """A job was just created here: remember its token and claim it without waiting."""
@@ -136,7 +145,7 @@ class JobRunner:
             task.cancel()
         await asyncio.gather(*self._tasks, *self._running.values(), return_exceptions=True)
         try:
-            await self.store.release(self.node_id, list(self._running))
+            await self.store.release(self.node_id, [*self._running, *self._unreleased])
         except Exception:
             logger.exception("could not release job leases on shutdown")
         self._running.clear()
@@ -145,13 +154,23 @@ class JobRunner:
         delay = self.poll_seconds
         while not self._stopping:
             try:
+                if self._unreleased:
+                    # jobs a database outage stopped here: give them back to be claimed at once
+                    # (by this node or another) rather than after their lease
+                    await self.store.release(self.node_id, list(self._unreleased))
+                    self._unreleased.clear()
                 free = self.job_concurrency - len(self._running)
                 if free > 0:
                     for job_id in await self.store.claim(self.node_id, free, self.lease_ms):
                         task = asyncio.create_task(self._run(job_id), name=f"job-{job_id}")
                         self._running[job_id] = task
                         task.add_done_callback(lambda _t, j=job_id: self._running.pop(j, None))
+                self._claims_paused.succeeded()
                 delay = self.poll_seconds
+            except DatabaseOutage as outage:
+                # no traceback per attempt, and no long back-off: the jobs resume soon after it answers
+                delay = max(self.poll_seconds, min(OUTAGE_RETRY_SECONDS, self.lease_ms / 3000))
+                self._claims_paused.failed(outage, delay)
             except Exception:
                 delay = min(delay * 2, 30.0)
                 logger.exception("claiming jobs failed; trying again in %s seconds.", delay)
@@ -167,6 +186,10 @@ class JobRunner:
             running = list(self._running)  # jobs claimed while renewing are not judged on this round
             try:
                 held = await self.store.renew_leases(self.node_id, running, self.lease_ms)
+                self._renewals_paused.succeeded()
+            except DatabaseOutage as outage:
+                self._renewals_paused.failed(outage, self.lease_ms / 3000)
+                continue
             except Exception:
                 logger.exception("renewing job leases failed; trying again in %s seconds.", self.lease_ms / 3000)
                 continue
@@ -184,6 +207,12 @@ class JobRunner:
             await self._execute(job_id)
         except asyncio.CancelledError:
             raise
+        except DatabaseOutage:
+            # its batches in flight were sent; the ones whose answer could not be recorded are sent
+            # again (same request_id) when the job resumes
+            logger.warning("job %s stopped: the database is unavailable; it resumes when the database "
+                           "answers", job_id)
+            self._unreleased.add(job_id)
         except Exception:
             logger.exception("job %s failed inside the runner; another attempt will pick it up", job_id)
             try:
@@ -244,15 +273,25 @@ class JobRunner:
         # batch_concurrency workers take the batches in order from one iterator: a task per
         # batch would be 100,000 waiting tasks for a job of 100,000 customers sent one by one
         pending = iter(batches)
+        failed = asyncio.Event()  # a worker could not record its batch: the others take no new one
 
         async def worker() -> None:
             for batch in pending:
-                if cancelled.is_set() or lost.is_set():
+                if cancelled.is_set() or lost.is_set() or failed.is_set():
                     return
-                await send(batch)
+                try:
+                    await send(batch)
+                except BaseException:
+                    failed.set()
+                    raise
 
         try:
-            await asyncio.gather(*(worker() for _ in range(min(self.batch_concurrency, len(batches)))))
+            # every worker ends (the batches in flight are answered) before the job is given up
+            outcomes = await asyncio.gather(*(worker() for _ in range(min(self.batch_concurrency, len(batches)))),
+                                            return_exceptions=True)
+            errors = [outcome for outcome in outcomes if isinstance(outcome, BaseException)]
+            if errors:
+                raise errors[0]
             await pacer.settle()
         finally:
             pacer.cancel()

@@ -9,6 +9,8 @@ import asyncio
 import logging
 from typing import Awaitable, Callable, Hashable
 
+from server.errors import DatabaseOutage
+
 logger = logging.getLogger(__name__)
 
 
@@ -43,6 +45,9 @@ class Coalesced:
             await self._push(key)
         except asyncio.CancelledError:
             raise
+        except DatabaseOutage as outage:  # the next change, or the periodic push, brings it up to date
+            logger.info("pushing %s for %s skipped: %s", self.what, "admins" if key is None else f"user {key}",
+                        outage.code)
         except Exception:
             logger.exception("pushing %s for %s failed", self.what, "admins" if key is None else f"user {key}")
         finally:

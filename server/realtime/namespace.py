@@ -34,7 +34,7 @@ from server.accounts.auth import Authenticator
 from server.accounts.store import Accounts, Principal
 from server.appstatus.scope import JobScope
 from server.config import Settings
-from server.errors import AppError, Forbidden, error_ack
+from server.errors import AppError, DatabaseOutage, Forbidden, error_ack
 from server.jobs.events import JobEventLog
 from server.jobs.store import JobStore, parse_job_id
 from server.metrics import Metrics
@@ -164,6 +164,10 @@ class Realtime:
     async def on_connect(self, sid: str, environ: dict, auth: Any = None) -> None:
         try:
             principal = await self._authenticate(environ, auth)
+        except DatabaseOutage as outage:  # the client's reconnection tries again
+            self.metrics.socket_connected(accepted=False)
+            raise socketio.exceptions.ConnectionRefusedError(
+                outage.message, {"code": outage.code}) from None
         except socketio.exceptions.ConnectionRefusedError:
             self.metrics.socket_connected(accepted=False)
             raise

@@ -228,7 +228,8 @@ async def read_snapshot(db: Db):
             finally:
                 await raw.execute("COMMIT")
     else:
-        async with db.database.transaction(isolation="repeatable_read", readonly=True):
+        # through Db: a transaction the database cut off gives its connection back
+        async with db.transaction(isolation="repeatable_read", readonly=True):
             yield
 
 
