@@ -29,6 +29,7 @@ from server.metrics import HttpMetricsMiddleware
 from server.ratelimit import RateLimitMiddleware
 from server.realtime.namespace import create_socketio_server
 from server.realtime.socketio_compat import install_fast_writer
+from server.routing import PrefixRouter
 from server.services import running_services
 from server.sim.cluster import create_simulator_app, knobs_from_env
 from server.upstream.clusters import Cluster, ClusterRegistry, load_clusters_file
@@ -169,6 +170,7 @@ def create_app(settings: Settings, *, self_url: str = "http://127.0.0.1:8000", e
         lifespan=lifespan,
         exception_handlers={AppError: _app_error, HTTPException: _http_error, Exception: _server_error},
     )
+    app.router = PrefixRouter(routes, lifespan=lifespan)  # as Starlette makes its Router (server/routing.py)
     app.add_middleware(RateLimitMiddleware)  # innermost of the three: its 429 gets the headers and is counted
     app.add_middleware(SecurityHeaders)
     app.add_middleware(HttpMetricsMiddleware, routes=app.routes)

@@ -9,12 +9,12 @@ import inspect
 
 import pytest
 
-from server import uvicorn_compat
+from server import routing, uvicorn_compat
 from server.db import databases_compat
 from server.realtime import socketio_compat
 
 CHECKED = {**databases_compat.CHECKED_SOURCES, **socketio_compat.CHECKED_SOURCES,
-           **uvicorn_compat.CHECKED_SOURCES}
+           **uvicorn_compat.CHECKED_SOURCES, **routing.CHECKED_SOURCES}
 
 
 def _resolve(dotted: str):
