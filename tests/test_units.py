@@ -5,6 +5,7 @@ result or error, and what follows a unit's commit (`then`) happens after the com
 from __future__ import annotations
 
 import asyncio
+import functools
 
 import pytest
 import pytest_asyncio
@@ -40,10 +41,16 @@ async def rows(db: Db) -> list[tuple]:
     return [tuple(row) for row in await db.raw_fetch("SELECT k, v FROM t ORDER BY k")]
 
 
+def given(as_recipe: bool, unit_fn, *args):
+    """A unit as callers hand it over: made (a generator), or as its recipe (it can be made again)."""
+    return functools.partial(unit_fn, *args) if as_recipe else unit_fn(*args)
+
+
 @pytest.mark.asyncio
-async def test_concurrent_units_commit_together_each_with_its_own_result(db):
+@pytest.mark.parametrize("as_recipe", [False, True], ids=["units", "recipes"])
+async def test_concurrent_units_commit_together_each_with_its_own_result(db, as_recipe):
     before = db.batcher.batches if db.batcher else 0
-    results = await asyncio.gather(*(db.run_unit(insert_unit(k, f"v{k}")) for k in range(100)))
+    results = await asyncio.gather(*(db.run_unit(given(as_recipe, insert_unit, k, f"v{k}")) for k in range(100)))
     assert [k for k, _ in results] == list(range(100))
     # each unit saw the ones before it in the same transaction: the totals are 1..100, once each
     assert sorted(n for _, n in results) == list(range(1, 101))
@@ -53,14 +60,19 @@ async def test_concurrent_units_commit_together_each_with_its_own_result(db):
 
 
 @pytest.mark.asyncio
-async def test_a_failing_unit_rolls_back_alone(db):
+@pytest.mark.parametrize("as_recipe", [False, True], ids=["units", "recipes"])
+async def test_a_failing_unit_rolls_back_alone(db, as_recipe):
+    """Units in savepoints; recipes first without, then (one failed) again from new units, each
+    in its savepoint: either way the others commit and the failed ones leave nothing."""
     await db.run_unit(insert_unit(5, "first"))
 
     def failing_after_a_write():
         yield ("UPDATE total SET n = n + 100 WHERE id = 1 RETURNING n", {})
         raise ValueError("a domain error")
 
-    units = [insert_unit(1, "a"), insert_unit(5, "again"), failing_after_a_write(), insert_unit(7, "b")]
+    again = db.batcher.batches_again if db.batcher else 0
+    units = [given(as_recipe, insert_unit, 1, "a"), given(as_recipe, insert_unit, 5, "again"),
+             given(as_recipe, failing_after_a_write), given(as_recipe, insert_unit, 7, "b")]
     outcomes = await asyncio.gather(*(db.run_unit(unit) for unit in units), return_exceptions=True)
     assert outcomes[0][0] == 1 and outcomes[3][0] == 7
     assert isinstance(outcomes[1], INTEGRITY_ERRORS)  # the repeated key
@@ -68,6 +80,8 @@ async def test_a_failing_unit_rolls_back_alone(db):
     assert await rows(db) == [(1, "a"), (5, "first"), (7, "b")]
     # the failed units' writes are gone (the +100 and the repeated key's +1)
     assert (await db.raw_fetch("SELECT n FROM total"))[0][0] == 3
+    if db.is_sqlite:
+        assert db.batcher.batches_again - again == (1 if as_recipe else 0)
 
 
 @pytest.mark.asyncio

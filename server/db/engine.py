@@ -24,7 +24,14 @@ from server.db.databases_compat import (
     release_task_connection,
 )
 from server.db.outage import translated
-from server.db.units import Unit, WalCheckpointer, WriteBatcher, drive_async
+from server.db.units import (
+    Recipe,
+    Unit,
+    WalCheckpointer,
+    WriteBatcher,
+    drive_async,
+    make,
+)
 
 # What a unique or foreign-key violation raises: `databases` passes the driver's own exception on
 INTEGRITY_ERRORS = (sa.exc.IntegrityError, sqlite3.IntegrityError,
@@ -204,18 +211,19 @@ class Db:
 
     # -- write units (server/db/units.py) -----------------------------------------------------------
     @_outages_translated
-    async def run_unit(self, unit: Unit, then: Callable[[Any], Awaitable[None]] | None = None):
+    async def run_unit(self, unit: Unit | Recipe, then: Callable[[Any], Awaitable[None]] | None = None):
         """Run a write unit in a transaction of its own (on SQLite: grouped with the other units
         queued meanwhile, in one trip to a connection's thread) and return its result once committed;
         `then(result)` is awaited after the commit (even when the caller was cancelled meanwhile: a
         submitted unit runs to its end, and what follows its commit, such as publishing its events,
-        happens too)."""
+        happens too). Given as a recipe (a function that makes the unit), a unit can run in a batch
+        without a savepoint of its own (see WriteBatcher._commit)."""
         if self.is_sqlite:
             if _sqlite_writer.get() is asyncio.current_task():
                 raise RuntimeError("run_unit inside a write transaction: use run_inline")
             future = self.batcher.submit(unit)
         else:
-            future = asyncio.ensure_future(self._run_unit_postgres(unit))
+            future = asyncio.ensure_future(self._run_unit_postgres(make(unit)))
         try:
             result = await asyncio.shield(future)
         except asyncio.CancelledError:

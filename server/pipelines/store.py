@@ -15,6 +15,7 @@ nothing written), or an illegal transition (409 naming the current and the reque
 
 from __future__ import annotations
 
+import functools
 import logging
 import uuid
 from typing import Awaitable, Callable, Generator, Mapping, Sequence
@@ -247,9 +248,10 @@ class PipelineStore:
     async def _publish(self, events: list[dict]) -> None:
         await publish_events(self._subscribers, events)
 
-    async def _run(self, unit: Unit):
-        """Run a write unit (its own transaction); its events go to the subscribers after the commit.
-        Returns what the unit returned besides its events."""
+    async def _run(self, unit: Callable[[], Unit]):
+        """Run a write unit, given as the function that makes it (its own transaction, or a group
+        commit on SQLite); its events go to the subscribers after the commit. Returns what the unit
+        returned besides its events."""
         value, _events = await self.db.run_unit(unit, then=self._published)
         return value
 
@@ -314,7 +316,7 @@ class PipelineStore:
             if existing is not None:
                 return existing, False
         try:
-            record = await self._run(_create_unit(table, row, counters))
+            record = await self._run(functools.partial(_create_unit, table, row, counters))
         except INTEGRITY_ERRORS:
             # a concurrent request with the same idempotency key won the race
             existing = await self._by_idempotency_key(table, row["user_id"], key) if key is not None else None
@@ -385,7 +387,7 @@ class PipelineStore:
             owner, values["u"] = " AND user_id = :u", user_id
         sql = (f"UPDATE {table.name} SET {sets}, updated_at = :now WHERE {table.key} = :id AND status IN ({marks})"
                + owner + table.returning)
-        return await self._run(_change_unit(table, sql, values, record_id, kind, now, after))
+        return await self._run(functools.partial(_change_unit, table, sql, values, record_id, kind, now, after))
 
     async def update_job(self, job_id: str, user_id: int, is_admin: bool, body: PipelineJobUpdate) -> dict:
         """A status change while the job runs (queued, running, cancelled), or a heartbeat (no status).
@@ -455,7 +457,7 @@ class PipelineStore:
                "duration_seconds = (:now - started_at) / 1000.0, error_message = COALESCE(error_message, :message) "
                f"WHERE {stale} AND job_id IN (SELECT job_id FROM pipeline_jobs WHERE {stale} LIMIT :limit)"
                + JOBS.returning)
-        return await self._run(_time_out_unit(sql, params, now))
+        return await self._run(functools.partial(_time_out_unit, sql, params, now))
 
     async def stage(self, deployment_id: str, user_id: int, is_admin: bool, body: DeploymentStep) -> dict:
         """Deployed to staging (`staged`), or being deployed there (`staging`, with in_progress)."""
@@ -531,8 +533,8 @@ class PipelineStore:
                  "AND regression_checked = :no")
         params = {"live": D.LIVE.value, "since": live_since_ms, "until": live_until_ms, "no": False, "yes": True,
                   "limit": limit}
-        rows = await self.db.run_unit(_rows_unit(
-            f"UPDATE deployments SET regression_checked = :yes WHERE {where} AND id IN "
+        rows = await self.db.run_unit(functools.partial(
+            _rows_unit, f"UPDATE deployments SET regression_checked = :yes WHERE {where} AND id IN "
             f"(SELECT id FROM deployments WHERE {where} ORDER BY live_at LIMIT :limit)" + DEPLOYMENTS.returning, params))
         return [DEPLOYMENTS.record(row) for row in rows]
 
