@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import time
 from datetime import datetime, timezone
 
@@ -15,9 +16,15 @@ def iso(ms: int | None) -> str | None:
     """Format epoch milliseconds as `2026-11-22T10:00:00.123Z` (None stays None)."""
     if ms is None:
         return None
-    # time.gmtime is twice as fast as datetime here, and a page of jobs formats hundreds
     seconds, millis = divmod(ms, 1000)
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{millis:03d}Z"
+    return f"{_second(seconds)}.{millis:03d}Z"
+
+
+@functools.lru_cache(maxsize=4096)
+def _second(seconds: int) -> str:
+    """`2026-11-22T10:00:00` of a second: most times formatted are of the last few seconds (the
+    records just changed), and a cached one costs a fifth of time.gmtime + strftime."""
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
 
 
 def parse_iso(text: str) -> int:

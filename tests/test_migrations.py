@@ -129,3 +129,62 @@ def test_a_version_3_database_gets_the_node_reports_table(backend, tmp_path):
     finally:
         if handle is not None:
             handle.drop()
+
+
+async def _to_v5(db) -> None:
+    """A database as schema version 5 left it: full (not partial) idempotency indexes and an index
+    for the timeout sweep; pipeline jobs with and without a key in it."""
+    for name, table, columns in (("ix_pipeline_jobs_user_idempotency", "pipeline_jobs", "user_id, idempotency_key"),
+                                 ("ix_deployments_user_idempotency", "deployments", "user_id, idempotency_key")):
+        await db.execute(f"DROP INDEX {name}")
+        await db.execute(f"CREATE UNIQUE INDEX {name} ON {table} ({columns})")
+    await db.execute("CREATE INDEX ix_pipeline_jobs_status_heartbeat ON pipeline_jobs (status, heartbeat_at)")
+    await db.execute("UPDATE schema_version SET version = 5")
+    for n, key, status in ((1, "'k-1'", "running"), (2, "NULL", "running"), (3, "NULL", "success")):
+        await db.execute(
+            "INSERT INTO pipeline_jobs (job_id, user_id, job_type, repo, agent_id, status, tags, metadata, "
+            f"created_at, updated_at, idempotency_key) VALUES ('00000000-0000-4000-8000-00000000000{n}', 1, 'build', "
+            f"'org/repo', 'agent-1', '{status}', '[]', '{{}}', {n}, {n}, {key})")
+
+
+async def _index_definitions(db) -> dict[str, str]:
+    if db.is_sqlite:
+        rows = await db.raw_fetch("SELECT name, sql FROM sqlite_master WHERE type = 'index' AND sql IS NOT NULL "
+                                  "AND tbl_name IN ('pipeline_jobs', 'deployments')")
+    else:
+        rows = await db.raw_fetch("SELECT indexname, indexdef FROM pg_indexes WHERE tablename IN "
+                                  "('pipeline_jobs', 'deployments')")
+    return {name: " ".join(sql.split()) for name, sql in rows}
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_version_5_database_gets_the_indexes_of_a_new_one(backend, tmp_path):
+    from server.db import SCHEMA_VERSION, migrate
+
+    url, handle = database_url(backend, tmp_path)
+    try:
+        on_database(url, _build_v1, migrated=True)
+        on_database(url, migrate, migrated=True)
+        fresh = on_database(url, _index_definitions, migrated=True)
+        on_database(url, _to_v5, migrated=True)
+        assert on_database(url, migrate, migrated=True) == 5
+        assert db_rows(url, "SELECT version FROM schema_version") == [(SCHEMA_VERSION,)]
+        upgraded = on_database(url, _index_definitions, migrated=True)
+        assert upgraded == fresh  # the same indexes as a database made at this version
+        assert "ix_pipeline_jobs_status_heartbeat" not in upgraded
+        assert "WHERE" in upgraded["ix_pipeline_jobs_user_idempotency"].upper()
+        # a key is still one per user; jobs without one are as many as they like
+        with pytest.raises(Exception, match="(?i)unique|duplicate"):
+            db_rows(url, "INSERT INTO pipeline_jobs (job_id, user_id, job_type, repo, agent_id, status, tags, metadata, "
+                         "created_at, updated_at, idempotency_key) VALUES ('00000000-0000-4000-8000-000000000009', "
+                         "1, 'build', 'org/repo', 'agent-1', 'queued', '[]', '{}', 9, 9, 'k-1')")
+        assert db_rows(url, "SELECT job_id FROM pipeline_jobs WHERE status = 'running' AND "
+                            "COALESCE(heartbeat_at, updated_at) < 10 ORDER BY job_id") == [
+            ("00000000-0000-4000-8000-000000000001",), ("00000000-0000-4000-8000-000000000002",)]
+        if backend == "sqlite":  # the sweep's query still finds running jobs through an index
+            plan = db_rows(url, "EXPLAIN QUERY PLAN SELECT job_id FROM pipeline_jobs WHERE status = 'running' "
+                                "AND COALESCE(heartbeat_at, updated_at) < 10")
+            assert "USING INDEX ix_pipeline_jobs_status_created (status=?)" in " ".join(str(row) for row in plan)
+    finally:
+        if handle is not None:
+            handle.drop()

@@ -17,7 +17,7 @@ from server.db.schema import metadata, schema_version
 
 logger = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 Step = Union[str, Callable[[Db], Awaitable[None]]]
 
@@ -52,6 +52,29 @@ def _add_column(table: str, column: str) -> Callable[[Db], Awaitable[None]]:
     return step
 
 
+def _create_index(table: str, name: str) -> Callable[[Db], Awaitable[None]]:
+    """A step that creates an index of `metadata` (unless it is there), in the db's dialect."""
+
+    async def step(db: Db) -> None:
+        index = next(index for index in metadata.tables[table].indexes if index.name == name)
+        await db.execute(str(CreateIndex(index, if_not_exists=True).compile(dialect=_dialect(db))))
+
+    step.__name__ = f"create {name}"
+    return step
+
+
+def _recreate_index(table: str, name: str) -> Callable[[Db], Awaitable[None]]:
+    """A step that replaces an index by its definition in `metadata`."""
+    create = _create_index(table, name)
+
+    async def step(db: Db) -> None:
+        await db.execute(f"DROP INDEX IF EXISTS {name}")
+        await create(db)
+
+    step.__name__ = f"recreate {name}"
+    return step
+
+
 # Steps that bring a database at version N-1 to version N: SQL both dialects accept, or a
 # function of the db. A fresh database is created at SCHEMA_VERSION directly from `metadata`.
 # Add a step (and bump SCHEMA_VERSION) for each change.
@@ -74,6 +97,13 @@ MIGRATIONS: dict[int, list[Step]] = {
     5: [
         _add_column("duration_histogram", "min_ms"),
         _add_column("duration_histogram", "max_ms"),
+    ],
+    # fewer index writes per agent report: partial idempotency indexes, no index of its own for the
+    # timeout sweep (ix_pipeline_jobs_status_created finds running jobs)
+    6: [
+        "DROP INDEX IF EXISTS ix_pipeline_jobs_status_heartbeat",
+        _recreate_index("pipeline_jobs", "ix_pipeline_jobs_user_idempotency"),
+        _recreate_index("deployments", "ix_deployments_user_idempotency"),
     ],
 }
 

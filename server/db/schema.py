@@ -305,6 +305,8 @@ appstatus_generations = sa.Table(
 
 # Pipeline jobs reported by CI/CD agents (schema v2). Lists are keyset pages newest first, per
 # user or for admins, optionally by status, agent or repo: each has its index.
+HAS_KEY = sa.text("idempotency_key IS NOT NULL")
+
 pipeline_jobs = sa.Table(
     "pipeline_jobs",
     metadata,
@@ -338,9 +340,11 @@ pipeline_jobs = sa.Table(
     sa.Index("ix_pipeline_jobs_status_created", "status", "created_at", "job_id"),
     sa.Index("ix_pipeline_jobs_agent_created", "agent_id", "created_at", "job_id"),
     sa.Index("ix_pipeline_jobs_repo_created", "repo", "created_at", "job_id"),
-    # the timeout sweep: running jobs by their last sign of life
-    sa.Index("ix_pipeline_jobs_status_heartbeat", "status", "heartbeat_at"),
-    sa.Index("ix_pipeline_jobs_user_idempotency", "user_id", "idempotency_key", unique=True),
+    # (the timeout sweep finds running jobs through ix_pipeline_jobs_status_created; schema v6 dropped
+    # an index of its own, which every report wrote to.) Partial (schema v6): a record without an
+    # idempotency key costs this index nothing on each agent report
+    sa.Index("ix_pipeline_jobs_user_idempotency", "user_id", "idempotency_key", unique=True,
+             sqlite_where=HAS_KEY, postgresql_where=HAS_KEY),
 )
 
 # Deployments of a service version through staging and production (schema v2).
@@ -380,7 +384,8 @@ deployments = sa.Table(
     sa.Index("ix_deployments_service_created", "service_name", "created_at", "id"),
     # the regression check: live deployments on a cluster not yet checked
     sa.Index("ix_deployments_status_live", "status", "live_at"),
-    sa.Index("ix_deployments_user_idempotency", "user_id", "idempotency_key", unique=True),
+    sa.Index("ix_deployments_user_idempotency", "user_id", "idempotency_key", unique=True,
+             sqlite_where=HAS_KEY, postgresql_where=HAS_KEY),
 )
 
 
