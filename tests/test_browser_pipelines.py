@@ -108,6 +108,8 @@ def test_an_agents_pipeline_job_appears_and_changes_status_live(server, browser)
     expect(row).to_contain_text("Ada Lovelace")
     expect(row).to_contain_text("ci-7")
     expect(row).to_contain_text("Fix the retry loop")
+    # a time-ordered id (jobs of the same minute share its start) is shown by its random end
+    expect(row.locator(".mono.muted").first).to_have_text(job["job_id"][-8:])
     running = pipeline_row(page, "pipelines-running", job["job_id"])
     expect(running).to_be_visible()
 

@@ -38,7 +38,7 @@ def test_an_agent_reports_a_job_from_creation_to_success(server, alice):
     job = report(api, {"ref": "main", "commit_sha": "a1b2c3d", "commit_message": "Fix the build\n\nfor real",
                        "commit_author": "Ann <ann@example.com>", "tags": ["linux", "py3.11"],
                        "metadata": {"runner": {"cpu": 4}, "flaky": False, "retries": 0}})
-    assert uuid.UUID(job["job_id"]).version == 4
+    assert uuid.UUID(job["job_id"]).version == 7  # time-ordered (server/ids.py)
     assert job["status"] == "pending" and job["user_id"] == alice["id"]
     assert (job["tags"], job["metadata"]) == (["linux", "py3.11"], {"runner": {"cpu": 4}, "flaky": False, "retries": 0})
     assert job["commit_message"] == "Fix the build\n\nfor real"

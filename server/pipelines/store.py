@@ -25,6 +25,7 @@ import orjson
 from server.db import INTEGRITY_ERRORS, Db
 from server.db import schema as tables
 from server.errors import BadRequest, Conflict, NotFound
+from server.ids import time_ordered_id
 from server.jobs.cursors import CursorCodec
 from server.jobs.events import append_events_unit, publish_events
 from server.pipelines.models import (
@@ -335,7 +336,7 @@ class PipelineStore:
         """Store a new pending (or queued) pipeline job; return (job, created)."""
         now = now_ms()
         row = {
-            "job_id": str(uuid.uuid4()), "user_id": user_id, "job_type": body.job_type, "repo": body.repo,
+            "job_id": time_ordered_id(), "user_id": user_id, "job_type": body.job_type, "repo": body.repo,
             "ref": body.ref, "commit_sha": body.commit_sha, "commit_message": body.commit_message,
             "commit_author": body.commit_author, "agent_id": body.agent_id, "status": body.status,
             "tags": orjson.dumps(body.tags).decode(), "metadata": orjson.dumps(body.metadata).decode(),
@@ -360,7 +361,7 @@ class PipelineStore:
         """Store a new pending deployment; return (deployment, created)."""
         now = now_ms()
         row = {
-            "id": str(uuid.uuid4()), "user_id": user_id, "service_name": body.service_name, "version": body.version,
+            "id": time_ordered_id(), "user_id": user_id, "service_name": body.service_name, "version": body.version,
             "commit_sha": body.commit_sha, "commit_message": body.commit_message,
             "commit_author": body.commit_author,
             "build_job_id": str(body.build_job_id) if body.build_job_id else None,

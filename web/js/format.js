@@ -32,7 +32,10 @@ export function failureText(job) {
 
 /** The first 8 characters of a UUID, enough to tell jobs apart on screen. */
 export function shortId(id) {
-  return String(id || '').slice(0, 8);
+  const text = String(id || '');
+  // a time-ordered (version 7) id, as pipeline jobs and deployments have, starts with the time:
+  // ids of the same minute share their first characters, so it is shown by its last ones
+  return text.length === 36 && text[14] === '7' ? text.slice(-8) : text.slice(0, 8);
 }
 
 const pad = (n) => String(n).padStart(2, '0');
