@@ -40,6 +40,7 @@ from starlette.routing import Route  # noqa: E402
 from server.accounts.store import Principal, Scope  # noqa: E402
 from server.config import Settings  # noqa: E402
 from server.metrics import Metrics  # noqa: E402
+from server.realtime.catchup import BusCatchUp  # noqa: E402
 from server.realtime.dashboard_push import DashboardPush  # noqa: E402
 from server.realtime.fanout import Fanout, encode_event  # noqa: E402
 from server.realtime.namespace import Realtime, create_socketio_server  # noqa: E402
@@ -112,8 +113,8 @@ def create_app(job: dict):
     fanout = Fanout(sio, events=None)  # no database: the emitted ids leave no gap to fill
     realtime = UnauthenticatedRealtime(
         sio, settings, auth=None, accounts=None, jobs=None, events=None, fanout=fanout, alerts=None,
-        live_stats=None, scope=None, dashboard=DashboardPush(None, None, multi_node=False),
-        metrics=Metrics())
+        live_stats=None, scope=None, dashboard=DashboardPush(None, None, multi_node=False), metrics=Metrics(),
+        catchup=BusCatchUp(fanout, None, None, None, interval=0, enabled=False))  # one node: no bus to catch up on
     emitter = Emitter(fanout, job)
 
     async def ready(request: Request) -> PlainTextResponse:
