@@ -9,7 +9,7 @@ SERVE_INSTALLED := $(VENV)/.installed-serve
 TEST_INSTALLED := $(VENV)/.installed-test
 TEST_NPM := tests/js/node_modules/.installed
 
-.PHONY: setup serve test bench screenshots vendor
+.PHONY: setup serve test bench bench-vs-node screenshots vendor
 
 setup: $(TEST_INSTALLED) $(TEST_NPM)
 
@@ -44,6 +44,10 @@ screenshots: setup
 # Benchmarks print their figures; run on demand, e.g. `make bench BENCH=core`.
 bench: setup
 	$(PY) tests/bench/bench_$${BENCH:-core}.py
+
+# Job Monitor's live delivery side by side with a Node.js socket.io server (socket.io from npm, for this only).
+bench-vs-node: setup tests/bench/node/node_modules/.installed
+	$(PY) tests/bench/bench_vs_node.py
 
 # The browser libraries in web/vendor, copied again from npm (web/package.json pins their versions).
 vendor: web/node_modules/.installed

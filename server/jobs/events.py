@@ -36,13 +36,35 @@ def client_event(topic: str, event_id: int, kind: str, record: dict, at: str | N
     return name, {"event_id": event_id, "kind": kind, key: record, "at": at}
 
 
-def append_events_unit(user_id: int, topic: str, record_id: str, record: dict, kinds: list[str], now: int):
+def append_events_unit(user_id: int, topic: str, record_id: str, record: dict, kinds: list[str], now: int,
+                       *, one_statement: bool = False):
     """Write events about one record (a write unit, server/db/units.py, run inside the change's
     transaction); ids come from the user's counter row. Returns them as they go on the fan-out bus.
 
     The counter's row lock is held until commit, so on PostgreSQL a concurrent writer for the
     same user waits, and a larger id can never commit before a smaller one.
+
+    `one_statement` (PostgreSQL only): the counter and the events in one statement, stamped by the
+    database's clock once it holds the lock. Each round trip to PostgreSQL between the stamp and the
+    commit (and while the lock is held) costs two wake-ups of processes that, on a busy machine,
+    wait for a core: one fewer measurably cuts the commit-to-browser delay.
     """
+    if one_statement:
+        rows = yield (
+            "WITH counter AS ("
+            " INSERT INTO event_counters (user_id, last_event_id) VALUES (:u, :n)"
+            " ON CONFLICT (user_id) DO UPDATE SET last_event_id = event_counters.last_event_id + :n"
+            " RETURNING last_event_id) "
+            "INSERT INTO job_events (user_id, event_id, topic, job_id, kind, payload, created_at) "
+            "SELECT :u, counter.last_event_id - :n + k.ord, :t, :j, k.kind, :p,"
+            " GREATEST(:now, CAST(floor(extract(epoch FROM clock_timestamp()) * 1000) AS bigint)) "
+            "FROM counter, unnest(CAST(:kinds AS text[])) WITH ORDINALITY AS k(kind, ord) "
+            "RETURNING event_id, kind, created_at",
+            {"u": user_id, "n": len(kinds), "t": topic, "j": record_id, "p": orjson.dumps(record).decode(),
+             "now": now, "kinds": list(kinds)},
+        )
+        return [{"event_id": event_id, "topic": topic, "kind": kind, "job": record, "user_id": user_id, "at": at}
+                for event_id, kind, at in sorted(rows)]
     (last,), = yield (
         "INSERT INTO event_counters (user_id, last_event_id) VALUES (:u, :n) "
         "ON CONFLICT (user_id) DO UPDATE SET last_event_id = event_counters.last_event_id + :n "
@@ -67,7 +89,8 @@ def append_events_unit(user_id: int, topic: str, record_id: str, record: dict, k
 async def append_events(db: Db, user_id: int, topic: str, record_id: str, record: dict, kinds: list[str],
                         now: int) -> list[dict]:
     """`append_events_unit` inside the transaction the caller holds."""
-    return await db.run_inline(append_events_unit(user_id, topic, record_id, record, kinds, now))
+    return await db.run_inline(append_events_unit(user_id, topic, record_id, record, kinds, now,
+                                                  one_statement=not db.is_sqlite))
 
 
 async def publish_events(subscribers: Sequence[Callable[[list[dict]], Awaitable[None]]], events: list[dict]) -> None:
