@@ -276,6 +276,22 @@ def database_url(backend: str, tmp_path: Path) -> tuple[str, object]:
     return f"sqlite:///{tmp_path / 'jobmon.db'}", None
 
 
+@contextlib.asynccontextmanager
+async def fresh_db(backend: str, tmp_path: Path):
+    """A connected Db on a fresh database of the backend, dropped (PostgreSQL) when done."""
+    from server.db import Db
+
+    url, handle = await asyncio.to_thread(database_url, backend, tmp_path)  # it runs its own loop
+    database = Db(url)
+    await database.connect()
+    try:
+        yield database
+    finally:
+        await database.disconnect()
+        if handle is not None:
+            await asyncio.to_thread(handle.drop)
+
+
 def write_clusters_file(path: Path, clusters: dict[str, str]) -> Path:
     path.write_text(json.dumps([{"id": cid, "name": f"Cluster {cid}", "base_url": url}
                                 for cid, url in clusters.items()]))

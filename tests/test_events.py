@@ -12,21 +12,14 @@ from server.db import Db
 from server.db.migrations import migrate
 from server.jobs.events import JobEventLog, append_events
 from server.timeutil import iso, now_ms
-from support import BACKENDS, database_url
+from support import BACKENDS, fresh_db
 
 
 @pytest_asyncio.fixture(params=BACKENDS)
 async def db(request, tmp_path):
-    url, handle = await asyncio.to_thread(database_url, request.param, tmp_path)  # it runs its own loop
-    database = Db(url)
-    await database.connect()
-    try:
+    async with fresh_db(request.param, tmp_path) as database:
         await migrate(database)
         yield database
-    finally:
-        await database.disconnect()
-        if handle is not None:
-            await asyncio.to_thread(handle.drop)
 
 
 async def change(db: Db, user_id: int, job_id: str, kinds: list[str], now: int) -> list[dict]:

@@ -11,23 +11,16 @@ import pytest
 import pytest_asyncio
 
 from server.db import INTEGRITY_ERRORS, Db
-from support import BACKENDS, database_url
+from support import BACKENDS, fresh_db
 
 
 @pytest_asyncio.fixture(params=BACKENDS)
 async def db(request, tmp_path):
-    url, handle = await asyncio.to_thread(database_url, request.param, tmp_path)  # it runs its own loop
-    database = Db(url)
-    await database.connect()
-    try:
+    async with fresh_db(request.param, tmp_path) as database:
         await database.execute("CREATE TABLE t (k INTEGER PRIMARY KEY, v TEXT NOT NULL)")
         await database.execute("CREATE TABLE total (id INTEGER PRIMARY KEY, n INTEGER NOT NULL)")
         await database.execute("INSERT INTO total (id, n) VALUES (1, 0)")
         yield database
-    finally:
-        await database.disconnect()
-        if handle is not None:
-            await asyncio.to_thread(handle.drop)
 
 
 def insert_unit(k: int, v: str):
