@@ -41,25 +41,31 @@ def literal_segments(path: str) -> tuple[str, ...]:
 class PrefixRouter(Router):
     """Starlette's router, trying only the routes a path's first segments can match (see module)."""
 
-    _index: dict[tuple[str, ...], list[int]] | None = None  # built at the first request; routes are fixed by then
+    # prefix -> the routes a path with that prefix may match, in order; made at the first request
+    # (the routes are fixed by then)
+    _by_prefix: dict[tuple[str, ...], list] | None = None
 
-    def _build_index(self) -> dict[tuple[str, ...], list[int]]:
-        index: dict[tuple[str, ...], list[int]] = {}
+    def _build_by_prefix(self) -> dict[tuple[str, ...], list]:
+        filed: dict[tuple[str, ...], list[int]] = {(): []}
         for position, route in enumerate(self.routes):
             path = getattr(route, "path", None)
-            key = literal_segments(path) if isinstance(path, str) else ()
-            index.setdefault(key, []).append(position)
-        return index
+            filed.setdefault(literal_segments(path) if isinstance(path, str) else (), []).append(position)
+        # a prefix's routes: those filed under it and under each shorter prefix of it
+        return {key: [self.routes[position]
+                      for position in sorted(p for depth in range(len(key) + 1) for p in filed.get(key[:depth], ()))]
+                for key in filed}
 
     def candidates(self, path: str) -> list:
-        """The routes that could match `path`, in the router's order."""
-        if self._index is None:
-            self._index = self._build_index()
+        """The routes that could match `path`, in the router's order: those of its longest prefix
+        that has routes filed under it."""
+        if self._by_prefix is None:
+            self._by_prefix = self._build_by_prefix()
         segments = tuple(path.split("/", DEPTH + 1)[1:DEPTH + 1])
-        positions: list[int] = []
-        for depth in range(len(segments) + 1):
-            positions += self._index.get(segments[:depth], ())
-        return [self.routes[position] for position in sorted(positions)]
+        for depth in range(len(segments), -1, -1):
+            found = self._by_prefix.get(segments[:depth])
+            if found is not None:
+                return found
+        return []  # not reached: the empty prefix is always there
 
     async def app(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
