@@ -52,24 +52,13 @@ def _add_column(table: str, column: str) -> Callable[[Db], Awaitable[None]]:
     return step
 
 
-def _create_index(table: str, name: str) -> Callable[[Db], Awaitable[None]]:
-    """A step that creates an index of `metadata` (unless it is there), in the db's dialect."""
+def _recreate_index(table: str, name: str) -> Callable[[Db], Awaitable[None]]:
+    """A step that replaces an index by its definition in `metadata`, in the db's dialect."""
 
     async def step(db: Db) -> None:
         index = next(index for index in metadata.tables[table].indexes if index.name == name)
-        await db.execute(str(CreateIndex(index, if_not_exists=True).compile(dialect=_dialect(db))))
-
-    step.__name__ = f"create {name}"
-    return step
-
-
-def _recreate_index(table: str, name: str) -> Callable[[Db], Awaitable[None]]:
-    """A step that replaces an index by its definition in `metadata`."""
-    create = _create_index(table, name)
-
-    async def step(db: Db) -> None:
         await db.execute(f"DROP INDEX IF EXISTS {name}")
-        await create(db)
+        await db.execute(str(CreateIndex(index, if_not_exists=True).compile(dialect=_dialect(db))))
 
     step.__name__ = f"recreate {name}"
     return step

@@ -96,9 +96,13 @@ class UnitFailed(Exception):
     """A unit of a batch run without savepoints raised: the batch was rolled back whole."""
 
 
+def is_recipe(unit: Unit | Recipe) -> bool:
+    return callable(unit) and not isinstance(unit, Generator)
+
+
 def make(unit: Unit | Recipe) -> Unit:
     """The unit itself, or a new one from its recipe."""
-    return unit() if callable(unit) and not isinstance(unit, Generator) else unit
+    return unit() if is_recipe(unit) else unit
 
 
 def run_batch(conn: sqlite3.Connection, units: list[Unit], begun: bool = False,
@@ -212,7 +216,7 @@ class WriteBatcher:
         async with self._writing():
             connection = await self._pool.acquire()
             try:
-                if all(callable(unit) and not isinstance(unit, Generator) for unit in units):
+                if all(is_recipe(unit) for unit in units):
                     try:
                         return await self._run_batch(connection, [unit() for unit in units], savepoints=False)
                     except UnitFailed:
