@@ -14,13 +14,30 @@ from server.db import INTEGRITY_ERRORS, Db
 from support import BACKENDS, fresh_db
 
 
+async def create_tables(database: Db) -> None:
+    """What insert_unit writes to: t, and the one row of total."""
+    await database.execute("CREATE TABLE t (k INTEGER PRIMARY KEY, v TEXT NOT NULL)")
+    await database.execute("CREATE TABLE total (id INTEGER PRIMARY KEY, n INTEGER NOT NULL)")
+    await database.execute("INSERT INTO total (id, n) VALUES (1, 0)")
+
+
 @pytest_asyncio.fixture(params=BACKENDS)
 async def db(request, tmp_path):
     async with fresh_db(request.param, tmp_path) as database:
-        await database.execute("CREATE TABLE t (k INTEGER PRIMARY KEY, v TEXT NOT NULL)")
-        await database.execute("CREATE TABLE total (id INTEGER PRIMARY KEY, n INTEGER NOT NULL)")
-        await database.execute("INSERT INTO total (id, n) VALUES (1, 0)")
+        await create_tables(database)
         yield database
+
+
+@pytest_asyncio.fixture
+async def sqlite_db(tmp_path):
+    """The same tables on SQLite alone, for the SQLite batcher and checkpointer."""
+    async with fresh_db("sqlite", tmp_path) as database:
+        await create_tables(database)
+        yield database
+
+
+def sqlite_path(db: Db) -> str:
+    return db.url.removeprefix("sqlite:///")
 
 
 def insert_unit(k: int, v: str):
@@ -143,86 +160,64 @@ async def test_a_failed_commit_fails_every_unit_of_its_batch(tmp_path):
 
 
 @pytest.mark.asyncio
-async def test_run_unit_inside_a_transaction_is_refused_and_run_inline_joins_it(tmp_path):
-    db = Db(f"sqlite:///{tmp_path / 'inline.db'}")
-    await db.connect()
-    try:
-        await db.execute("CREATE TABLE t (k INTEGER PRIMARY KEY, v TEXT NOT NULL)")
-        await db.execute("CREATE TABLE total (id INTEGER PRIMARY KEY, n INTEGER NOT NULL)")
-        await db.execute("INSERT INTO total (id, n) VALUES (1, 0)")
-        with pytest.raises(RuntimeError):
-            async with db.transaction():
-                await db.run_unit(insert_unit(1, "a"))
+async def test_run_unit_inside_a_transaction_is_refused_and_run_inline_joins_it(sqlite_db):
+    db = sqlite_db
+    with pytest.raises(RuntimeError):
         async with db.transaction():
-            assert await db.run_inline(insert_unit(2, "b")) == (2, 1)
-        assert await rows(db) == [(2, "b")]
-    finally:
-        await db.disconnect()
+            await db.run_unit(insert_unit(1, "a"))
+    async with db.transaction():
+        assert await db.run_inline(insert_unit(2, "b")) == (2, 1)
+    assert await rows(db) == [(2, "b")]
 
 
 @pytest.mark.asyncio
-async def test_sqlite_batches_wait_off_the_loop_while_another_process_writes(tmp_path):
+async def test_sqlite_batches_wait_off_the_loop_while_another_process_writes(sqlite_db):
     """A batch runs on the loop's thread only when the write lock is free at once; while another
     connection (another process) holds it, the batch waits on the connection's thread."""
     import sqlite3
 
-    path = tmp_path / "busy.db"
-    db = Db(f"sqlite:///{path}")
-    await db.connect()
-    try:
-        await db.execute("CREATE TABLE t (k INTEGER PRIMARY KEY, v TEXT NOT NULL)")
-        await db.execute("CREATE TABLE total (id INTEGER PRIMARY KEY, n INTEGER NOT NULL)")
-        await db.execute("INSERT INTO total (id, n) VALUES (1, 0)")
-        assert await db.run_unit(insert_unit(1, "a")) == (1, 1)
-        on_loop = db.batcher.on_loop_batches
-        assert on_loop >= 1
-        other = sqlite3.connect(path, isolation_level=None)
-        other.execute("BEGIN IMMEDIATE")
-        pending = asyncio.ensure_future(db.run_unit(insert_unit(2, "b")))
-        ticks = 0
-        while ticks < 20:  # the loop keeps turning meanwhile
-            await asyncio.sleep(0.005)
-            ticks += 1
-        assert not pending.done()
-        other.execute("COMMIT")
-        other.close()
-        assert await asyncio.wait_for(pending, 10) == (2, 2)
-        assert db.batcher.on_loop_batches == on_loop  # that batch ran on the connection's thread
-        db.batcher.on_loop = False  # the thread path alone works too
-        assert await db.run_unit(insert_unit(3, "c")) == (3, 3)
-        assert await rows(db) == [(1, "a"), (2, "b"), (3, "c")]
-    finally:
-        await db.disconnect()
+    db, path = sqlite_db, sqlite_path(sqlite_db)
+    assert await db.run_unit(insert_unit(1, "a")) == (1, 1)
+    on_loop = db.batcher.on_loop_batches
+    assert on_loop >= 1
+    other = sqlite3.connect(path, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+    pending = asyncio.ensure_future(db.run_unit(insert_unit(2, "b")))
+    ticks = 0
+    while ticks < 20:  # the loop keeps turning meanwhile
+        await asyncio.sleep(0.005)
+        ticks += 1
+    assert not pending.done()
+    other.execute("COMMIT")
+    other.close()
+    assert await asyncio.wait_for(pending, 10) == (2, 2)
+    assert db.batcher.on_loop_batches == on_loop  # that batch ran on the connection's thread
+    db.batcher.on_loop = False  # the thread path alone works too
+    assert await db.run_unit(insert_unit(3, "c")) == (3, 3)
+    assert await rows(db) == [(1, "a"), (2, "b"), (3, "c")]
 
 
 @pytest.mark.asyncio
-async def test_sqlite_wal_is_checkpointed_off_the_commit(tmp_path):
+async def test_sqlite_wal_is_checkpointed_off_the_commit(sqlite_db):
     """The pool's connections never checkpoint in a COMMIT; a worker thread does, after writes."""
     import sqlite3
 
-    db = Db(f"sqlite:///{tmp_path / 'ckpt.db'}")
-    await db.connect()
-    try:
-        await db.execute("CREATE TABLE t (k INTEGER PRIMARY KEY, v TEXT NOT NULL)")
-        await db.execute("CREATE TABLE total (id INTEGER PRIMARY KEY, n INTEGER NOT NULL)")
-        await db.execute("INSERT INTO total (id, n) VALUES (1, 0)")
-        async with db.database.connection() as connection:
-            (autocheckpoint,), = await connection.raw_connection.execute_fetchall("PRAGMA wal_autocheckpoint")
-        assert autocheckpoint == 0
-        for k in range(20):
-            await db.run_unit(insert_unit(k, "x" * 5000))
-            await asyncio.sleep(0.02)
-        await asyncio.sleep(0.05)
-        assert db._checkpointer.checkpoints >= 1
-        # every row is there for a fresh connection
-        with sqlite3.connect(tmp_path / "ckpt.db") as conn:
-            assert conn.execute("SELECT count(*) FROM t").fetchone() == (20,)
-    finally:
-        await db.disconnect()
+    db = sqlite_db
+    async with db.database.connection() as connection:
+        (autocheckpoint,), = await connection.raw_connection.execute_fetchall("PRAGMA wal_autocheckpoint")
+    assert autocheckpoint == 0
+    for k in range(20):
+        await db.run_unit(insert_unit(k, "x" * 5000))
+        await asyncio.sleep(0.02)
+    await asyncio.sleep(0.05)
+    assert db._checkpointer.checkpoints >= 1
+    # every row is there for a fresh connection
+    with sqlite3.connect(sqlite_path(db)) as conn:
+        assert conn.execute("SELECT count(*) FROM t").fetchone() == (20,)
 
 
 @pytest.mark.asyncio
-async def test_sqlite_wal_starts_over_under_a_steady_stream_of_writes(tmp_path):
+async def test_sqlite_wal_starts_over_under_a_steady_stream_of_writes(sqlite_db):
     """A PASSIVE checkpoint never catches up with writers that never pause, and SQLite starts
     the WAL over only after one that did: without the restarting checkpoint the WAL grew by
     gigabytes under load. With it, the WAL stays near RESTART_FRAMES pages while far more is
@@ -230,33 +225,25 @@ async def test_sqlite_wal_starts_over_under_a_steady_stream_of_writes(tmp_path):
     import os
     import sqlite3
 
-    path = tmp_path / "stream.db"
-    db = Db(f"sqlite:///{path}")
-    await db.connect()
+    db, path = sqlite_db, sqlite_path(sqlite_db)
     # a short test writes faster than a server does (about 100 MB/s): checkpoint more often
     db._checkpointer.RESTART_FRAMES = 300  # about 1.2 MB
     db._checkpointer.INTERVAL = 0.05
-    try:
-        await db.execute("CREATE TABLE t (k INTEGER PRIMARY KEY, v TEXT NOT NULL)")
-        await db.execute("CREATE TABLE total (id INTEGER PRIMARY KEY, n INTEGER NOT NULL)")
-        await db.execute("INSERT INTO total (id, n) VALUES (1, 0)")
-        largest_wal = 0
-        written = 0
+    largest_wal = 0
+    written = 0
 
-        async def writer(first: int) -> None:
-            nonlocal largest_wal, written
-            for k in range(first, first + 100_000, 8):
-                if written >= 20_000:
-                    return
-                written += 1
-                await db.run_unit(insert_unit(k, "x" * 3000))  # about a page each
-                largest_wal = max(largest_wal, os.path.getsize(f"{path}-wal"))
+    async def writer(first: int) -> None:
+        nonlocal largest_wal, written
+        for k in range(first, first + 100_000, 8):
+            if written >= 20_000:
+                return
+            written += 1
+            await db.run_unit(insert_unit(k, "x" * 3000))  # about a page each
+            largest_wal = max(largest_wal, os.path.getsize(f"{path}-wal"))
 
-        await asyncio.gather(*(writer(i) for i in range(8)))
-        assert written == 20_000  # a page each: about 80 MB went through the WAL
-        assert largest_wal < 40e6, f"the WAL grew to {largest_wal / 1e6:.1f} MB"  # it is reused
-        assert db._checkpointer.restarts >= 3
-        with sqlite3.connect(path) as conn:
-            assert conn.execute("SELECT count(*), (SELECT n FROM total) FROM t").fetchone() == (20_000, 20_000)
-    finally:
-        await db.disconnect()
+    await asyncio.gather(*(writer(i) for i in range(8)))
+    assert written == 20_000  # a page each: about 80 MB went through the WAL
+    assert largest_wal < 40e6, f"the WAL grew to {largest_wal / 1e6:.1f} MB"  # it is reused
+    assert db._checkpointer.restarts >= 3
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("SELECT count(*), (SELECT n FROM total) FROM t").fetchone() == (20_000, 20_000)
