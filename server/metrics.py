@@ -122,8 +122,12 @@ class NodeCollector(Collector):
 
     def collect(self):
         delivered = CounterMetricFamily(
-            "jobmon_fanout_deliveries", "Events queued on this node's sockets by the fan-out "
+            "jobmon_fanout_deliveries", "Events sent to this node's sockets by the fan-out "
             "(job-update, pipeline-update, deployment-update, resync).", value=self.fanout.delivered)
+        queued = CounterMetricFamily(
+            "jobmon_fanout_queued_deliveries", "Of those, the ones that waited in a socket's queue instead "
+            "of going straight to its WebSocket: it was still writing earlier ones, was slow to read, or "
+            "is on long-polling.", value=self.fanout.queued)
         dropped = CounterMetricFamily(
             "jobmon_fanout_dropped_events", "Events this node could not deliver live (their users "
             "were told to resync): queue_full, or gap_too_large after it was cut off.", labels=["reason"])
@@ -139,7 +143,7 @@ class NodeCollector(Collector):
                                     value=len(self.runner.running_jobs))
         sockets = GaugeMetricFamily("jobmon_node_sockets", "Socket.IO clients connected to this node.",
                                     value=len(self.fanout.sockets))
-        return [delivered, dropped, depth, caught_up, running, sockets]
+        return [delivered, queued, dropped, depth, caught_up, running, sockets]
 
 
 class HttpMetricsMiddleware:

@@ -11,9 +11,9 @@ import pytest
 
 from server import routing, uvicorn_compat
 from server.db import databases_compat
-from server.realtime import socketio_compat
+from server.realtime import direct_write, socketio_compat
 
-CHECKED = {**databases_compat.CHECKED_SOURCES, **socketio_compat.CHECKED_SOURCES,
+CHECKED = {**databases_compat.CHECKED_SOURCES, **socketio_compat.CHECKED_SOURCES, **direct_write.CHECKED_SOURCES,
            **uvicorn_compat.CHECKED_SOURCES, **routing.CHECKED_SOURCES}
 
 

@@ -31,6 +31,7 @@ import socketio
 
 from server.accounts.store import Principal
 from server.jobs.events import JobEventLog, client_event
+from server.realtime.direct_write import websocket_frame, write_now
 from server.timeutil import iso
 
 logger = logging.getLogger(__name__)
@@ -89,6 +90,7 @@ class Fanout:
         self.by_user: dict[int, set[str]] = {}
         self.admins: set[str] = set()
         self.delivered = 0  # socket deliveries, for metrics and benchmarks
+        self.queued = 0  # of those, the ones queued behind others (a busy, slow or polling socket)
         self.dropped: collections.Counter[str] = collections.Counter()  # events not delivered live, by reason
         self.caught_up = 0  # users brought up to date from the event log after the bus lost their events
         # user id -> last event id delivered to live sockets here (None: unknown, the next one goes out as it is)
@@ -136,12 +138,25 @@ class Fanout:
         return self._last.get(user_id)
 
     async def send(self, sids, packet: engineio.packet.Packet) -> None:
-        """Queue one encoded packet on each socket (no task per socket, unlike a room emit)."""
+        """Send one encoded packet to each socket: framed once and written to its WebSocket when
+        nothing is queued ahead of it there, queued on it otherwise (no task per socket, unlike a
+        room emit)."""
+        eio_sockets = self.sio.eio.sockets
+        frame = None
         for sid in sids:
             state = self.sockets.get(sid)
-            if state is not None:
-                await self.sio.eio.send_packet(state.eio_sid, packet)
-                self.delivered += 1
+            if state is None:
+                continue
+            socket = eio_sockets.get(state.eio_sid)
+            if socket is not None:
+                if frame is None:
+                    frame = websocket_frame(packet)
+                if write_now(socket, frame):
+                    self.delivered += 1
+                    continue
+            await self.sio.eio.send_packet(state.eio_sid, packet)
+            self.delivered += 1
+            self.queued += 1
 
     async def send_resync(self, state: SocketState, reason: str) -> None:
         """Tell one socket to refetch its state (it could not be brought up to date by replay)."""

@@ -44,6 +44,7 @@ from server.realtime.admin_feed import UNSUBSCRIBED, JobFeed, parse_job_feed
 from server.realtime.alerts import Alerts
 from server.realtime.catchup import BusCatchUp
 from server.realtime.dashboard_push import DashboardPush
+from server.realtime.direct_write import install_direct_writes
 from server.realtime.emitter import ADMINS_ROOM, dashboard_room, job_room, stats_room, user_room
 from server.realtime.fanout import Fanout, SocketState, encode_event
 from server.realtime.live_stats import LiveStats
@@ -454,7 +455,7 @@ def create_socketio_server(settings: Settings) -> socketio.AsyncServer:
         own = f"{environ.get('wsgi.url_scheme', 'http')}://{environ.get('HTTP_HOST', '')}"
         return origin.rstrip("/") == own or origin.rstrip("/") in allowed
 
-    return socketio.AsyncServer(
+    server = socketio.AsyncServer(
         async_mode="asgi",
         client_manager=manager,
         cors_allowed_origins=origin_allowed,
@@ -463,3 +464,5 @@ def create_socketio_server(settings: Settings) -> socketio.AsyncServer:
         http_compression=False,  # broadcasts are small and many: compressing costs more than it saves
         json=_OrjsonPacker,
     )
+    install_direct_writes(server.eio)  # job events framed once and written to each WebSocket
+    return server

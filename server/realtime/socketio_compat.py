@@ -1,7 +1,8 @@
-"""Where Job Monitor reaches into python-engineio and python-socketio internals: nowhere else.
+"""Where Job Monitor reaches into python-engineio and python-socketio internals (and
+direct_write.py, for the WebSocket write path): nowhere else.
 
 - `install_fast_writer` swaps `engineio.async_socket.AsyncSocket.poll` for a copy that waits
-  without a Task per packet (Python 3.11 only).
+  without a Task per packet, and marks a WebSocket's writer as waiting while it does.
 - `close_redis_manager` closes python-socketio's `AsyncRedisManager`, which has no close().
 
 Checked against the versions pyproject pins (python-engineio, python-socketio).
@@ -14,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import sys
 
 from engineio import async_socket, exceptions
 
@@ -34,16 +34,17 @@ CHECKED_SOURCES = {
 
 
 def install_fast_writer() -> None:
-    """Make Engine.IO's per-socket writer wait for packets without a Task per wait (Python 3.11).
+    """Make Engine.IO's per-socket writer wait for packets without a Task per wait.
 
     Engine.IO's `AsyncSocket.poll` waits for the next packet with `asyncio.wait_for`, which on
     Python 3.11 wraps every wait in a new Task: one per packet a socket is sent. In bench_fanout
     that was about a third of the server's CPU. This is the same method with `asyncio.timeout`
-    (what `wait_for` itself became in Python 3.12, where nothing is replaced), and on a WebSocket
-    without a timer at all: there the reader loop already gives up on a silent client after the
-    same time and queues None, which ends the wait.
+    (what `wait_for` itself became in Python 3.12), and on a WebSocket without a timer at all:
+    there the reader loop already gives up on a silent client after the same time and queues None,
+    which ends the wait. On a WebSocket it also sets `jobmon_waiting` while the writer waits with
+    nothing in hand, which direct_write.write_now needs on every Python version.
     """
-    if sys.version_info >= (3, 12) or getattr(async_socket.AsyncSocket.poll, "jobmon", False):
+    if getattr(async_socket.AsyncSocket.poll, "jobmon", False):
         return
 
     async def poll(self):
@@ -51,8 +52,13 @@ def install_fast_writer() -> None:
         try:
             if self.upgraded:
                 # on a WebSocket, the reader gives up on a silent client after the same time and
-                # then queues None, which ends this wait: no timer per packet is needed
-                packets = [await self.queue.get()]
+                # then queues None, which ends this wait: no timer per packet is needed. While it
+                # waits, the writer holds nothing unwritten (direct_write.write_now reads this)
+                self.jobmon_waiting = True
+                try:
+                    packets = [await self.queue.get()]
+                finally:
+                    self.jobmon_waiting = False
             else:
                 async with asyncio.timeout(self.server.ping_interval + self.server.ping_timeout):
                     packets = [await self.queue.get()]

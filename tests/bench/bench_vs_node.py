@@ -162,6 +162,8 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=10.0, help="each workload's measurement window")
     parser.add_argument("--client-procs", type=int, default=3)
     parser.add_argument("--rounds", type=int, default=1, help="Node then Python, this many times (A/B/A/B)")
+    parser.add_argument("--side", choices=("both", "node", "python"), default="both",
+                        help="one side alone prints its figures without ratios (for quick looks)")
     args = parser.parse_args()
     if not (NODE_DIR / "node_modules" / "socket.io").is_dir():
         print(f"socket.io is not installed: npm ci --prefix {NODE_DIR.relative_to(ROOT)}", file=sys.stderr)
@@ -173,6 +175,9 @@ def main() -> int:
           f"Node {node_version} socket.io {sio_version}, Python {sys.version.split()[0]}", flush=True)
     job = sample_job()
     for round_no in range(args.rounds):
+        if args.side != "both":
+            print(json.dumps(run_side(args.side, args, job), indent=1), flush=True)
+            continue
         node = run_side("node", args, job)
         print(json.dumps(node), flush=True)
         python = run_side("python", args, job)
