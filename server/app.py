@@ -28,7 +28,6 @@ from server.errors import AppError, error_body
 from server.metrics import HttpMetricsMiddleware
 from server.ratelimit import RateLimitMiddleware
 from server.realtime.namespace import create_socketio_server
-from server.realtime.socketio_compat import install_fast_writer
 from server.routing import PrefixRouter
 from server.services import running_services
 from server.sim.cluster import create_simulator_app, knobs_from_env
@@ -139,7 +138,6 @@ UVICORN_OPTIONS = {"lifespan": "on", "ws_per_message_deflate": False, "ws_ping_i
 
 def create_app(settings: Settings, *, self_url: str = "http://127.0.0.1:8000", extra_routes=None):
     """Build the ASGI app: Starlette routes wrapped by the Socket.IO server."""
-    install_fast_writer()  # Engine.IO's per-socket writer without a Task per packet (Python 3.11)
     sio = create_socketio_server(settings)
     route_modules = [auth_routes, jobs_routes, dashboard_routes, scope_routes, admin_routes, system_routes, ops,
                      openapi_routes]

@@ -48,7 +48,7 @@ from server.realtime.direct_write import install_direct_writes
 from server.realtime.emitter import ADMINS_ROOM, dashboard_room, job_room, stats_room, user_room
 from server.realtime.fanout import Fanout, SocketState, encode_event
 from server.realtime.live_stats import LiveStats
-from server.realtime.socketio_compat import close_redis_manager
+from server.realtime.socketio_compat import close_redis_manager, install_fast_writer
 from server.stats.live import job_stats
 from server.timeutil import now_ms, parse_iso
 
@@ -464,5 +464,6 @@ def create_socketio_server(settings: Settings) -> socketio.AsyncServer:
         http_compression=False,  # broadcasts are small and many: compressing costs more than it saves
         json=_OrjsonPacker,
     )
+    install_fast_writer()  # Engine.IO's per-socket writer without a Task per packet
     install_direct_writes(server.eio)  # job events framed once and written to each WebSocket
     return server

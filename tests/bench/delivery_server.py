@@ -3,9 +3,9 @@
     .venv/bin/python tests/bench/delivery_server.py PORT JOB_JSON
 
 What runs is the project's own Socket.IO stack, built as `python -m server serve` builds it: the
-python-socketio server of `create_socketio_server`, Engine.IO's writer as `install_fast_writer`
-makes it, uvicorn with `UVICORN_OPTIONS` and the same garbage-collector tuning, the `Realtime`
-connect and disconnect handlers (a socket's state, its rooms, its registration with the Fanout),
+python-socketio server of `create_socketio_server` (with Engine.IO's writer and the direct
+WebSocket writes it installs), uvicorn with `UVICORN_OPTIONS` and the same garbage-collector
+tuning, the `Realtime` connect and disconnect handlers (a socket's state, its rooms, its registration with the Fanout),
 and the `Fanout` delivering each event. One thing differs, here only: a socket is not
 authenticated; its handshake's `auth.user` names its user. There is no database: the events are
 made up by the emit loop below, in the shape the job store gives them to the Fanout.
@@ -44,7 +44,6 @@ from server.realtime.catchup import BusCatchUp  # noqa: E402
 from server.realtime.dashboard_push import DashboardPush  # noqa: E402
 from server.realtime.fanout import Fanout, encode_event  # noqa: E402
 from server.realtime.namespace import Realtime, create_socketio_server  # noqa: E402
-from server.realtime.socketio_compat import install_fast_writer  # noqa: E402
 from server.timeutil import iso, now_ms  # noqa: E402
 
 
@@ -107,7 +106,6 @@ class Emitter:
 
 
 def create_app(job: dict):
-    install_fast_writer()
     settings = Settings()
     sio = create_socketio_server(settings)
     fanout = Fanout(sio, events=None)  # no database: the emitted ids leave no gap to fill
