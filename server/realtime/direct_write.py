@@ -26,7 +26,6 @@ import struct
 from engineio import async_socket
 from engineio.async_drivers import asgi as engineio_asgi
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
-from websockets.protocol import OPEN
 
 # sha256 of inspect.getsource(...) of each method relied on, in the versions checked against
 # (python-engineio 4.15.1, uvicorn 0.55.0)
@@ -70,11 +69,15 @@ def websocket_frame(packet) -> bytes:
 def write_now(socket, frame: bytes) -> bool:
     """Write the frame to this Engine.IO socket's connection if nothing is queued ahead of it (see
     the module); False: the caller queues the packet instead."""
-    if not socket.jobmon_waiting or socket.queue._queue or socket.upgrading or socket.closing or socket.closed:
+    # jobmon_waiting is only ever set on an upgraded socket's writer; a closing socket queues its
+    # CLOSE packet (or is closed at once)
+    if not socket.jobmon_waiting or socket.queue._queue or socket.closed:
         return False
     protocol = socket.jobmon_protocol
+    # uvicorn closes the transport as soon as the client's close frame arrives or the protocol
+    # fails, and sets close_sent when it sends one: then the websockets state is no longer OPEN
     if (protocol is None or protocol.close_sent or protocol.disconnected or not protocol.writable.is_set()
-            or protocol.conn.state is not OPEN or protocol.transport.is_closing()):
+            or protocol.transport.is_closing()):
         return False
     protocol.transport.write(frame)
     return True

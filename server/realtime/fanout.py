@@ -76,7 +76,8 @@ class _CatchUp:
 
 def encode_event(sio: socketio.AsyncServer, event: str, data: Any) -> engineio.packet.Packet:
     """One Engine.IO packet for a Socket.IO event, encoded once and sent to many sockets."""
-    pkt = sio.packet_class(socketio.packet.EVENT, namespace="/", data=[event, data])
+    # binary=False: the payloads are JSON data, never bytes (and walking them to find out costs)
+    pkt = sio.packet_class(socketio.packet.EVENT, namespace="/", data=[event, data], binary=False)
     return engineio.packet.Packet(engineio.packet.MESSAGE, pkt.encode())
 
 
