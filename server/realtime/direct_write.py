@@ -23,12 +23,14 @@ from __future__ import annotations
 
 import struct
 
+import socketio
 from engineio import async_socket
+from engineio import packet as eio_packet
 from engineio.async_drivers import asgi as engineio_asgi
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
 # sha256 of inspect.getsource(...) of each method relied on, in the versions checked against
-# (python-engineio 4.15.1, uvicorn 0.55.0)
+# (python-engineio 4.15.1, python-socketio 5.18.1, uvicorn 0.55.0)
 CHECKED_SOURCES = {
     # the socket's writer takes packets with `poll` (replaced in socketio_compat, which marks it
     # waiting) and writes each through `ws.send`; upgrading/upgraded/closing mean what they say
@@ -41,6 +43,11 @@ CHECKED_SOURCES = {
     # a message goes out as one frame through `conn.send_text` / `send_binary` and
     # `transport.write`, after waiting for `writable`; nothing once `close_sent` or `disconnected`
     "uvicorn.protocols.websockets.websockets_sansio_impl.WebSocketsSansIOProtocol.send": "3b8afeb81b9b9ae8bb72df7cea930130317636d1de3f86b7c4d3113c64f749d5",
+    # DirectEmit copies the local emit without a callback: one encoded packet to every participant;
+    # the pub/sub manager's emit and _handle_emit call it through super() for this node's sockets
+    "socketio.async_manager.AsyncManager.emit": "01ccd5b82b4f955e4f2e4d07b5fbf09cacef868e9f61bc2abe56d92118a5f3ac",
+    "socketio.async_pubsub_manager.AsyncPubSubManager._handle_emit": "4284671be955f644db57572ca19e27c79b0444f89efd4583dac5654650f42c78",
+    "socketio.async_pubsub_manager.AsyncPubSubManager.emit": "6cc46e0ff9b6d7cfec7ad50b44b3738550b8107c477416e692e194bc0b19f311",
     # sets `close_sent`, `disconnected`, `writable` as `send` reads them
     "uvicorn.protocols.websockets.websockets_sansio_impl.WebSocketsSansIOProtocol.connection_lost": "d0f4179c028b330364f1609d79b0c68380a97da18906af772c3e4a9c9a504c77",
     "uvicorn.protocols.websockets.websockets_sansio_impl.WebSocketsSansIOProtocol.handle_close": "62fd412b1f5b9e86106a17a6c3dc57df6264e3087579fac49e9a74dbcb509412",
@@ -102,3 +109,40 @@ def install_direct_writes(eio_server) -> None:
     if not hasattr(async_socket.AsyncSocket, "jobmon_waiting"):
         async_socket.AsyncSocket.jobmon_waiting = False  # set by socketio_compat's poll
     eio_server._async = {**eio_server._async, "websocket": RegisteredWebSocket}
+
+
+class DirectEmitManager(socketio.AsyncManager):
+    """python-socketio's manager for one node, whose emit to this node's sockets encodes and frames
+    each packet once and writes it straight to each WebSocket where `write_now` allows (queued
+    otherwise, in order). Every room emit comes down to it (job-stats, dashboard-summary,
+    job-alert); the stock one makes a Task per socket to queue each packet."""
+
+    async def emit(self, event, data, namespace, room=None, skip_sid=None, callback=None, to=None, **kwargs):
+        room = to or room
+        if callback is not None or namespace not in self.rooms:
+            return await super().emit(event, data, namespace, room=room, skip_sid=skip_sid, callback=callback,
+                                      **kwargs)
+        if isinstance(data, tuple):  # as python-socketio does: a tuple is several arguments
+            arguments = list(data)
+        else:
+            arguments = [] if data is None else [data]
+        pkt = self.server.packet_class(socketio.packet.EVENT, namespace=namespace, data=[event] + arguments)
+        if pkt.packet_type != socketio.packet.EVENT:  # binary data: attachments follow, the usual way
+            return await super().emit(event, data, namespace, room=room, skip_sid=skip_sid)
+        packet = eio_packet.Packet(eio_packet.MESSAGE, pkt.encode())
+        frame = websocket_frame(packet)
+        skip = skip_sid if isinstance(skip_sid, list) else [skip_sid]
+        eio_sockets = self.server.eio.sockets
+        # a list first: a socket closing during a send changes the rooms
+        for sid, eio_sid in list(self.get_participants(namespace, room)):
+            if sid in skip:
+                continue
+            socket = eio_sockets.get(eio_sid)
+            if socket is None or not write_now(socket, frame):
+                await self.server._send_eio_packet(eio_sid, packet)
+
+
+class RedisManager(socketio.AsyncRedisManager, DirectEmitManager):
+    """The Redis manager (an emit reaches every node), each node's own sockets written to as
+    DirectEmitManager does: it sits between the pub/sub layer and AsyncManager, so the pub/sub
+    layer's local delivery (`super().emit`) comes to it."""

@@ -3,14 +3,14 @@
 Rooms are described in `emitter`. Clients never name a room themselves.
 
 What goes where, and why:
-- `job-update`, `pipeline-update`, `deployment-update` (and `resync`): through `fanout.Fanout`, which encodes each event once and queues
-  the packet on every target socket directly, in per-user event-id order, each event once per
-  socket; `resume` replays from the event log through the same path. A room emit through
-  python-socketio would make a Task per socket and could not keep the per-socket order and
-  cursor that replay needs.
-- `job-stats`, `job-alert`, `appstatus-update`, `dashboard-summary`: through `sio.emit` (the `emitter.Emitter`), i.e.
-  python-socketio's manager, which with Redis reaches every node's sockets. They are few (coalesced
-  per user, one per alert, one per fetch), so the simple path is the right one.
+- `job-update`, `pipeline-update`, `deployment-update` (and `resync`): through `fanout.Fanout`,
+  which encodes each event once and writes it to every target socket (`direct_write`), in per-user
+  event-id order, each event once per socket; `resume` replays from the event log through the same
+  path. A room emit could not keep the per-socket order and cursor that replay needs.
+- `job-stats`, `job-alert`, `appstatus-update`, `dashboard-summary`: through `sio.emit` (the
+  `emitter.Emitter`), i.e. python-socketio's manager, which with Redis reaches every node's
+  sockets; on each node `direct_write.DirectEmitManager` encodes each once and writes it to the
+  room's sockets the same way.
 
 The design's admin protocol is served as aliases on the same server (also mounted at
 `/admin/socket.io`): `subscribe:jobs` / `unsubscribe:jobs` set an admin socket's job feed
@@ -44,7 +44,7 @@ from server.realtime.admin_feed import UNSUBSCRIBED, JobFeed, parse_job_feed
 from server.realtime.alerts import Alerts
 from server.realtime.catchup import BusCatchUp
 from server.realtime.dashboard_push import DashboardPush
-from server.realtime.direct_write import install_direct_writes
+from server.realtime.direct_write import DirectEmitManager, RedisManager, install_direct_writes
 from server.realtime.emitter import ADMINS_ROOM, dashboard_room, job_room, stats_room, user_room
 from server.realtime.fanout import Fanout, SocketState, encode_event
 from server.realtime.live_stats import LiveStats
@@ -444,8 +444,8 @@ def _dashboard(data: Any) -> bool:
 
 def create_socketio_server(settings: Settings) -> socketio.AsyncServer:
     """The python-socketio server: Redis manager when configured, origin checks, orjson."""
-    manager = (socketio.AsyncRedisManager(settings.redis_url, channel=f"{settings.redis_channel}:socketio")
-               if settings.redis_url else None)
+    manager = (RedisManager(settings.redis_url, channel=f"{settings.redis_channel}:socketio")
+               if settings.redis_url else DirectEmitManager())
     allowed = set(settings.allowed_origins)
 
     def origin_allowed(origin: str | None, environ: dict) -> bool:
