@@ -74,8 +74,9 @@ def _sleep_until(epoch_ms: float) -> None:
     time.sleep(max(0.0, epoch_ms / 1000 - time.time()))
 
 
-def run_once(n: int, args, nodes: int = 1, redis: bool = False) -> dict:
-    """One measurement at N clients; `nodes` servers (more than one: PostgreSQL and `redis`)."""
+def run_once(n: int, args, nodes: int = 1, redis: bool = False, per_node: bool = False) -> dict:
+    """One measurement at N clients; `nodes` servers (more than one: PostgreSQL and `redis`).
+    The figures per node (`nodes` in the result) come with several nodes, Redis, or `per_node`."""
     import httpx
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-fanout-"))
@@ -135,7 +136,10 @@ def run_once(n: int, args, nodes: int = 1, redis: bool = False) -> dict:
         fleet = ClientFleet(url if nodes == 1 else client_urls, [{"token": tokens[i % len(tokens)]} for i in range(n)],
                             args.client_procs)
         connected, refused, connect_seconds = fleet.connected, fleet.refused, fleet.connect_seconds
+        idle_from = [cpu_seconds(s.pid) for s in servers]
         time.sleep(3)
+        # a node's own upkeep, with its clients connected and no job running (its share of no event)
+        cpu_idle = [cpu_seconds(s.pid) - before for s, before in zip(servers, idle_from)]
         rss_idle = [rss_kb(s.pid) for s in servers]
         sockets = sum(_metric(u, "jobmon_node_sockets") for u in urls)
 
@@ -175,18 +179,21 @@ def run_once(n: int, args, nodes: int = 1, redis: bool = False) -> dict:
         running_at_end = int(_metric(url, 'jobmon_jobs{status="IN_PROGRESS"}'))
         seen = fleet.window_results()
         ordered = seen.delays
-        per_node = []
-        for i, (u, s) in enumerate(zip(urls, servers)):
+        node_figures = []
+        for i, u in enumerate(urls):
             mine = seen.by_url.get(u) or seen  # one node: all of them
-            per_node.append({
-                "node": NODE_NAMES[i], "clients": fleet.connected_by_url.get(u, 0), "jobs_running": node_jobs[i],
+            clients = fleet.connected_by_url.get(u, 0)
+            node_figures.append({
+                "node": NODE_NAMES[i], "clients": clients, "jobs_running": node_jobs[i],
                 "deliveries": mine.in_window, "deliveries_per_s": round(mine.in_window / args.seconds),
                 "p50_ms": round(mine.p(0.50), 1), "p99_ms": round(mine.p(0.99), 1),
                 "max_ms": round(mine.delays[-1], 1) if mine.delays else None,
-                "cpu_s_per_1000_deliveries": round(1000 * cpu_window[i] / mine.in_window, 4) if mine.in_window else None,
+                "cpu_s_per_1000_deliveries":
+                    round(1000 * cpu_window[i] / mine.in_window, 4) if mine.in_window else None,
                 "cpu_percent": round(100 * cpu_window[i] / args.seconds),
+                "cpu_idle_percent": round(100 * cpu_idle[i] / 3),
                 "out_of_order_or_repeated": mine.out_of_order, "received_total": mine.received,
-                "kb_per_idle_connection": round((rss_idle[i] - rss_before[i]) / max(fleet.connected_by_url.get(u, 0), 1), 1),
+                "kb_per_idle_connection": round((rss_idle[i] - rss_before[i]) / max(clients, 1), 1),
             })
         result = {
             "clients": n, "connected": connected, "refused": refused, "server_sockets": int(sockets),
@@ -205,10 +212,10 @@ def run_once(n: int, args, nodes: int = 1, redis: bool = False) -> dict:
             "server_cpu_percent": round(100 * cpu_server / (args.seconds + 0.5)),
             "client_cpu_percent": seen.client_cpu_percent,
         }
-        if nodes > 1 or redis:  # the default run's output stays as it was
+        if nodes > 1 or redis or per_node:  # the default run's output stays as it was
             result["server_rss_mb_idle"] = [round(rss / 1024, 1) for rss in rss_idle]
-            result["server_cpu_percent"] = [node["cpu_percent"] for node in per_node]
-            result.update(nodes=per_node, redis=redis)
+            result["server_cpu_percent"] = [node["cpu_percent"] for node in node_figures]
+            result.update(nodes=node_figures, redis=redis)
         return result
     finally:
         if fleet is not None:
@@ -228,7 +235,8 @@ def print_nodes(result: dict) -> None:
         print(f"  node {node['node']}: {node['deliveries_per_s']} deliveries/s to its {node['clients']} clients "
               f"({node['jobs_running']} jobs running on it); p50 {node['p50_ms']} ms, p99 {node['p99_ms']} ms, "
               f"max {node['max_ms']} ms; CPU {node['cpu_s_per_1000_deliveries']} s per 1,000 deliveries "
-              f"({node['cpu_percent']}% of a core); out of order or repeated {node['out_of_order_or_repeated']}",
+              f"({node['cpu_percent']}% of a core; {node['cpu_idle_percent']}% idle before the jobs); "
+              f"out of order or repeated {node['out_of_order_or_repeated']}",
               flush=True)
 
 
@@ -288,7 +296,7 @@ def main() -> None:
         for kind in (("redis", "plain") if args.baseline == "both" else () if args.baseline == "none"
                      else (args.baseline,)):
             print(f"one node, {'with' if kind == 'redis' else 'without'} Redis:", flush=True)
-            baselines[kind] = run_once(n, args, redis=kind == "redis")
+            baselines[kind] = run_once(n, args, redis=kind == "redis", per_node=True)
             report(n, baselines[kind])
         print(f"{args.nodes} nodes with Redis:", flush=True)
         result = run_once(n, args, nodes=args.nodes, redis=True)

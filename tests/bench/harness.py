@@ -151,7 +151,8 @@ async def _clients(conn, urls: list[str], auths: list[dict], connect_concurrency
         ready = asyncio.Semaphore(connect_concurrency)
         tasks = [asyncio.create_task(client(session, url, auth, ready)) for url, auth in zip(urls, auths)]
         await settled.wait()
-        conn.send(("connected", {url: (urls.count(url) - c["refused"], c["refused"]) for url, c in counters_by.items()}))
+        conn.send(("connected", {url: (urls.count(url) - counters["refused"], counters["refused"])
+                                 for url, counters in counters_by.items()}))
         while True:
             # ("window", start_ms, end_ms, renumbered) or ("stop",)
             command = await loop.run_in_executor(None, conn.recv)
