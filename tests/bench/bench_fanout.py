@@ -118,11 +118,10 @@ def run_once(n: int, args, nodes: int = 1, redis: bool = False, per_node: bool =
         servers = []
         for i, port in enumerate(ports):
             # the server's log goes to a file: an unread pipe would fill up and stall the server
-            node_env = {**env, "JOBMON_DATA_DIR": str(tmp / "data")} if i == 0 else \
-                {**env, "JOBMON_DATA_DIR": str(tmp / f"data-{NODE_NAMES[i]}")}
-            log = "server.log" if i == 0 else f"server-{NODE_NAMES[i]}.log"
+            suffix = "" if i == 0 else f"-{NODE_NAMES[i]}"
             server = subprocess.Popen([sys.executable, "-m", "server", "serve", "--port", str(port)], cwd=ROOT,
-                                      env=node_env, stdout=subprocess.DEVNULL, stderr=open(tmp / log, "w"))
+                                      env={**env, "JOBMON_DATA_DIR": str(tmp / f"data{suffix}")},
+                                      stdout=subprocess.DEVNULL, stderr=open(tmp / f"server{suffix}.log", "w"))
             processes.append(server)
             servers.append(server)
             wait_ready(urls[i] + "/readyz", server)
@@ -133,8 +132,7 @@ def run_once(n: int, args, nodes: int = 1, redis: bool = False, per_node: bool =
         # N clients, spread round-robin over the users, in several processes; with several nodes,
         # each user's clients go round the nodes (client i: user i % users, node (i // users) % nodes)
         client_urls = [urls[(i // len(tokens)) % nodes] for i in range(n)]
-        fleet = ClientFleet(url if nodes == 1 else client_urls, [{"token": tokens[i % len(tokens)]} for i in range(n)],
-                            args.client_procs)
+        fleet = ClientFleet(client_urls, [{"token": tokens[i % len(tokens)]} for i in range(n)], args.client_procs)
         connected, refused, connect_seconds = fleet.connected, fleet.refused, fleet.connect_seconds
         idle_from = [cpu_seconds(s.pid) for s in servers]
         time.sleep(3)
@@ -249,7 +247,7 @@ def print_comparison(two: dict, one: dict, label: str) -> None:
         return
     print(f"CPU per delivery, 2 nodes vs 1 ({label}, {base} s per 1,000): "
           + ", ".join(f"node {node['node']} {node['cpu_s_per_1000_deliveries']}" for node in two["nodes"])
-          + " (" + ", ".join(f"{figure / base:.2f}" for figure in figures) + ")", flush=True)
+          + " (ratios " + ", ".join(f"{figure / base:.2f}" for figure in figures) + ")", flush=True)
 
 
 def report(n: int, result: dict) -> None:
