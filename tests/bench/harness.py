@@ -11,6 +11,9 @@ pipe by `ClientFleet`:
     fleet.start_window(start_ms, end_ms); ... ; results = fleet.window_results()
     fleet.close()
 
+`url` may instead be a list, one server URL per client (several nodes): the results then also come
+per URL (`results.by_url`), so what the clients of one node saw can be set against that node's CPU.
+
 For every `job-update` that arrives inside a window, a client records its delay from the
 payload's `at` (ISO 8601, milliseconds; the server stamps it from the same machine's clock) to its
 arrival, and checks that its event ids only increase (a repeat or a step back counts as out of order).
@@ -74,23 +77,25 @@ def percentile(ordered, fraction: float) -> float:
 
 
 # -- the clients (in child processes) -----------------------------------------------------------
-def _client_process(conn, url: str, auths: list[dict], connect_concurrency: int) -> None:
+def _client_process(conn, urls: list[str], auths: list[dict], connect_concurrency: int) -> None:
     import uvloop
 
     uvloop.install()
-    asyncio.run(_clients(conn, url, auths, connect_concurrency))
+    asyncio.run(_clients(conn, urls, auths, connect_concurrency))
 
 
-async def _clients(conn, url: str, auths: list[dict], connect_concurrency: int) -> None:
+async def _clients(conn, urls: list[str], auths: list[dict], connect_concurrency: int) -> None:
+    """Client i connects to urls[i] with auths[i]; what they see is counted per URL."""
     import aiohttp
     import orjson
 
     from server.timeutil import parse_iso
 
-    ws_url = url.replace("http://", "ws://") + "/socket.io/?EIO=4&transport=websocket"
     window = [float("inf"), float("-inf")]
-    delays = array("f")
-    counters = {"received": 0, "in_window": 0, "out_of_order": 0, "refused": 0, "closed_by_server": 0}
+    # per URL (a node): the delays of its clients' events in this window, and their counters
+    delays_by = {url: array("f") for url in urls}
+    counters_by = {url: {"received": 0, "in_window": 0, "out_of_order": 0, "refused": 0, "closed_by_server": 0}
+                   for url in urls}
     last_ids: list[int] = []  # per client: the last event id seen in this window
     settled = asyncio.Event()
     pending = [len(auths)]
@@ -100,9 +105,11 @@ async def _clients(conn, url: str, auths: list[dict], connect_concurrency: int) 
         if pending[0] == 0:
             settled.set()
 
-    async def client(session: aiohttp.ClientSession, auth: dict, ready: asyncio.Semaphore) -> None:
+    async def client(session: aiohttp.ClientSession, url: str, auth: dict, ready: asyncio.Semaphore) -> None:
         me = len(last_ids)
         last_ids.append(0)
+        ws_url = url.replace("http://", "ws://") + "/socket.io/?EIO=4&transport=websocket"
+        delays, counters = delays_by[url], counters_by[url]
         try:
             async with ready:
                 ws = await session.ws_connect(ws_url, max_msg_size=0)
@@ -142,26 +149,33 @@ async def _clients(conn, url: str, auths: list[dict], connect_concurrency: int) 
     loop = asyncio.get_running_loop()
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
         ready = asyncio.Semaphore(connect_concurrency)
-        tasks = [asyncio.create_task(client(session, auth, ready)) for auth in auths]
+        tasks = [asyncio.create_task(client(session, url, auth, ready)) for url, auth in zip(urls, auths)]
         await settled.wait()
-        conn.send(("connected", len(auths) - counters["refused"], counters["refused"]))
+        conn.send(("connected", {url: (urls.count(url) - counters["refused"], counters["refused"])
+                                 for url, counters in counters_by.items()}))
         while True:
             # ("window", start_ms, end_ms, renumbered) or ("stop",)
             command = await loop.run_in_executor(None, conn.recv)
             if command[0] != "window":
                 break
-            del delays[:]
-            counters["in_window"] = 0
-            if command[3]:  # this window's events are numbered afresh: order is checked from here on
-                counters["received"] = counters["out_of_order"] = 0
+            for delays, counters in zip(delays_by.values(), counters_by.values()):
+                del delays[:]
+                counters["in_window"] = 0
+                if command[3]:  # this window's events are numbered afresh: order is checked from here on
+                    counters["received"] = counters["out_of_order"] = 0
+            if command[3]:
                 for i in range(len(last_ids)):
                     last_ids[i] = 0
             window[0], window[1] = command[1], command[2]
             await asyncio.sleep(max(0.0, (command[2] - time.time() * 1000) / 1000) + 0.5)
-            failed = [t.exception() for t in tasks if t.done() and not t.cancelled() and t.exception()]
-            counters["client_errors"] = len(failed)
-            counters["first_error"] = repr(failed[0]) if failed else None
-            conn.send(("result", delays.tobytes(), dict(counters)))
+            results = {}
+            for url, counters in counters_by.items():
+                failed = [t.exception() for t, u in zip(tasks, urls)
+                          if u == url and t.done() and not t.cancelled() and t.exception()]
+                counters["client_errors"] = len(failed)
+                counters["first_error"] = repr(failed[0]) if failed else None
+                results[url] = (delays_by[url].tobytes(), dict(counters))
+            conn.send(("result", results))
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -180,28 +194,47 @@ class WindowResult:
     closed_by_server: int = 0
     errors: list[str] = field(default_factory=list)
     client_cpu_percent: list[int] = field(default_factory=list)  # each load process, over the window
+    by_url: dict[str, "WindowResult"] = field(default_factory=dict)  # the same, for each server URL's clients
 
     def p(self, fraction: float) -> float:
         return percentile(self.delays, fraction)
 
+    def add(self, raw: bytes, their: dict) -> None:
+        """Count in one client process's report (the delays stay unsorted: `window_results` sorts them)."""
+        part = array("f")
+        part.frombytes(raw)
+        self.delays.extend(part)
+        for key in ("received", "in_window", "out_of_order", "client_errors", "closed_by_server"):
+            setattr(self, key, getattr(self, key) + their[key])
+        if their["first_error"]:
+            self.errors.append(their["first_error"])
+
 
 class ClientFleet:
-    """N protocol-level Socket.IO clients, spread over `processes` child processes, connected on creation."""
+    """N protocol-level Socket.IO clients, spread over `processes` child processes, connected on creation.
 
-    def __init__(self, url: str, auths: list[dict], processes: int, connect_concurrency: int = 50):
+    `url`: the server every client connects to, or a list of one URL per client (several nodes)."""
+
+    def __init__(self, url: str | list[str], auths: list[dict], processes: int, connect_concurrency: int = 50):
+        urls = [url] * len(auths) if isinstance(url, str) else list(url)
+        assert len(urls) == len(auths), "one URL per client"
         context = multiprocessing.get_context("spawn")
         self.children: list[tuple] = []
         started = time.monotonic()
         for part in range(processes):
             parent_end, child_end = context.Pipe()
             process = context.Process(target=_client_process, daemon=True,
-                                      args=(child_end, url, auths[part::processes], connect_concurrency))
+                                      args=(child_end, urls[part::processes], auths[part::processes],
+                                            connect_concurrency))
             process.start()
             self.children.append((process, parent_end))
         self.connected = self.refused = 0
+        self.connected_by_url = dict.fromkeys(urls, 0)
         for _, pipe in self.children:
-            _, ok, bad = pipe.recv()
-            self.connected, self.refused = self.connected + ok, self.refused + bad
+            _, by_url = pipe.recv()
+            for part_url, (ok, bad) in by_url.items():
+                self.connected, self.refused = self.connected + ok, self.refused + bad
+                self.connected_by_url[part_url] += ok
         self.connect_seconds = time.monotonic() - started
         self._cpu_before: list[float] = []
 
@@ -215,19 +248,15 @@ class ClientFleet:
 
     def window_results(self) -> WindowResult:
         """Wait for the window to end; what every client saw, merged."""
-        delays = array("f")
-        result = WindowResult(delays=[])
+        result = WindowResult(delays=array("f"))
         for (process, pipe), before in zip(self.children, self._cpu_before):
-            _, raw, their = pipe.recv()
+            _, by_url = pipe.recv()
             result.client_cpu_percent.append(round(100 * (cpu_seconds(process.pid) - before) / self._window_seconds))
-            part = array("f")
-            part.frombytes(raw)
-            delays.extend(part)
-            for key in ("received", "in_window", "out_of_order", "client_errors", "closed_by_server"):
-                setattr(result, key, getattr(result, key) + their[key])
-            if their["first_error"]:
-                result.errors.append(their["first_error"])
-        result.delays = sorted(delays)
+            for url, (raw, their) in by_url.items():
+                result.add(raw, their)
+                result.by_url.setdefault(url, WindowResult(delays=array("f"))).add(raw, their)
+        for merged in (result, *result.by_url.values()):
+            merged.delays = sorted(merged.delays)
         return result
 
     def close(self) -> None:
