@@ -105,6 +105,9 @@ class Fanout:
         self._redis = None
         self.bus_live = False  # the Redis subscription is confirmed and has not failed since
         self._on_subscribed: list[Callable[[], None]] = []
+        self._outbox: list[dict] = []  # events for the next PUBLISH, and the future their publishers await
+        self._outbox_sent: asyncio.Future | None = None
+        self._outbox_ready = asyncio.Event()
         self._tasks: list[asyncio.Task] = []
         # held while an event is sent: a resume changes a socket's cursor only between sends
         self.lock = asyncio.Lock()
@@ -179,25 +182,55 @@ class Fanout:
 
             self._redis = redis.from_url(self._redis_url)
             self._tasks.append(asyncio.create_task(self._subscribe(), name="jobmon-fanout-redis"))
+            self._tasks.append(asyncio.create_task(self._publisher(), name="jobmon-fanout-publish"))
 
     async def stop(self) -> None:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks.clear()
+        if self._outbox_sent is not None and not self._outbox_sent.done():
+            self._outbox_sent.set_result(None)  # stopping: what was not published is read back by the others
         if self._redis is not None:
             await self._redis.aclose()
 
     async def publish(self, events: list[dict]) -> None:
-        """Hand committed events to every node (this one included)."""
-        if self._redis is not None:
-            try:
-                async with asyncio.timeout(PUBLISH_TIMEOUT):  # a silent network must not hold the change
-                    await self._redis.publish(self._channel, orjson.dumps(events))
-                return
-            except Exception:
-                # the other nodes catch up from the database once their subscription is back (catchup.py)
-                logger.exception("publishing job events to Redis failed; delivering on this node only")
+        """Hand committed events to every node (this one included); with Redis, return once they
+        are published (or, Redis failing, queued for this node)."""
+        if self._redis is None:
+            self._enqueue(events)
+            return
+        # into the next PUBLISH: events committed while one is in flight go out together in the
+        # next, so under load a message carries many (each message costs every node a wake-up and
+        # a parse), and an idle node publishes at once
+        self._outbox.extend(events)
+        if self._outbox_sent is None:
+            self._outbox_sent = asyncio.get_running_loop().create_future()
+        sent = self._outbox_sent
+        self._outbox_ready.set()
+        await asyncio.shield(sent)
+
+    async def _publisher(self) -> None:
+        while True:
+            await self._outbox_ready.wait()
+            self._outbox_ready.clear()
+            events, sent = self._outbox, self._outbox_sent
+            self._outbox, self._outbox_sent = [], None
+            if events:
+                await self._publish_now(events)
+            if sent is not None and not sent.done():
+                sent.set_result(None)
+
+    async def _publish_now(self, events: list[dict]) -> None:
+        try:
+            async with asyncio.timeout(PUBLISH_TIMEOUT):  # a silent network must not hold the changes
+                await self._redis.publish(self._channel, orjson.dumps(events))
+            return
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            # the other nodes catch up from the database once their subscription is back (catchup.py)
+            logger.exception("publishing job events to Redis failed; delivering on this node only")
         self._enqueue(events)
 
     def _enqueue(self, events: list[dict]) -> None:
