@@ -48,7 +48,7 @@ from server.realtime.direct_write import install_direct_writes
 from server.realtime.emitter import ADMINS_ROOM, dashboard_room, job_room, stats_room, user_room
 from server.realtime.fanout import Fanout, SocketState, encode_event
 from server.realtime.live_stats import LiveStats
-from server.realtime.socketio_compat import close_redis_manager
+from server.realtime.socketio_compat import close_redis_manager, install_lean_sockets
 from server.stats.live import job_stats
 from server.timeutil import now_ms, parse_iso
 
@@ -465,4 +465,5 @@ def create_socketio_server(settings: Settings) -> socketio.AsyncServer:
         json=_OrjsonPacker,
     )
     install_direct_writes(server.eio)  # job events framed once and written to each WebSocket
+    install_lean_sockets(server.eio)  # less memory per connection
     return server
