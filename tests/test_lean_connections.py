@@ -169,3 +169,23 @@ async def test_pings_keep_a_live_client_and_drop_a_silent_one(make_server, sim):
         assert message.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED)
         assert time.monotonic() - silent_from < 2
     await _wait(lambda: _node_sockets(server) == 0, "the server to forget the socket")
+
+
+@pytest.mark.parametrize("transports", [
+    # slow: the client's disconnect waits for its pending long-poll, which the next ping (25 s) ends
+    pytest.param(("polling",), marks=pytest.mark.slow), ("polling", "websocket")])
+async def test_long_polling_and_its_upgrade_still_deliver(make_server, sim, transports):
+    """A socket's LeanQueue also serves long-polling (its GETs wait on it) and the upgrade to WebSocket."""
+    server = make_server()
+    alice = await asyncio.to_thread(server.create_user, "alice")
+    api = server.client(alice)
+    client = await SioClient().connect(server.url, cookie=session_cookie(api), transports=transports)
+    try:
+        job = await start(api, CIDS[:2])
+        await client.wait_finished(job["job_id"])
+        ids = [u["event_id"] for u in client.updates()]
+        assert ids == list(range(1, ids[-1] + 1)), "every event once, in order"
+        assert client.sio.transport() == transports[-1]
+    finally:
+        await client.close()
+    await _wait(lambda: _node_sockets(server) == 0, "the server to forget the socket")
