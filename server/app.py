@@ -32,7 +32,7 @@ from server.routing import PrefixRouter
 from server.services import running_services
 from server.sim.cluster import create_simulator_app, knobs_from_env
 from server.upstream.clusters import Cluster, ClusterRegistry, load_clusters_file
-from server.uvicorn_compat import OneWriteHttpProtocol
+from server.uvicorn_compat import LeanWebSocketProtocol, OneWriteHttpProtocol
 
 logger = logging.getLogger(__name__)
 
@@ -131,9 +131,10 @@ def _clusters(settings: Settings, self_url: str) -> list[Cluster]:
 # How uvicorn serves the app (`serve` and the tests' servers alike). Socket.IO compresses
 # nothing (a broadcast is encoded once, not deflated per socket) and Engine.IO's own heartbeat
 # finds dead connections, so uvicorn's WebSocket pings would only add a timer per connection.
-# Each HTTP response goes out in one write (server/uvicorn_compat.py).
+# Each HTTP response goes out in one write, and a WebSocket holds less while it lives
+# (server/uvicorn_compat.py).
 UVICORN_OPTIONS = {"lifespan": "on", "ws_per_message_deflate": False, "ws_ping_interval": None,
-                   "http": OneWriteHttpProtocol}
+                   "http": OneWriteHttpProtocol, "ws": LeanWebSocketProtocol}
 
 
 def create_app(settings: Settings, *, self_url: str = "http://127.0.0.1:8000", extra_routes=None):

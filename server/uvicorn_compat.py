@@ -1,4 +1,5 @@
-"""Where Job Monitor reaches into uvicorn's internals: nowhere else.
+"""Where Job Monitor reaches into uvicorn's internals: nowhere else (and direct_write.py, for the
+WebSocket write path).
 
 `OneWriteHttpProtocol` is uvicorn's httptools HTTP/1.1 protocol, with one change: a response's
 status line and headers go out in the same write as its body, one send system call per answer
@@ -6,6 +7,14 @@ instead of two. uvicorn writes the header block when the app sends `http.respons
 body when it sends `http.response.body`; on loopback each write is a send that wakes the reader,
 and under agent reports the two were about 14% of the event loop's samples (py-spy), the header
 write alone 10%.
+
+`LeanWebSocketProtocol` is uvicorn's sans-I/O WebSocket protocol holding less while a connection
+lives (idle connections are most of a live server's memory): its queue of received messages and
+its `writable` event are server/lean_asyncio.py's (about 4 KB less while idle), and once the
+handshake's answer has gone out it lets go of the handshake's request and response (websockets
+objects with their headers, about 4.5 KB), which nothing reads again. websockets' parser keeps the
+request it parsed for the connection's life (a local of its generator), so the request's headers
+are cleared too.
 
 Checked against the version pyproject pins (uvicorn). tests/test_compat.py fails when the
 installed source of a method relied on here differs from the one recorded in CHECKED_SOURCES.
@@ -16,6 +25,9 @@ from __future__ import annotations
 import asyncio
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+
+from server.lean_asyncio import LeanEvent, LeanQueue
 
 # sha256 of inspect.getsource(...) of each method relied on, in the version checked (uvicorn 0.55.0)
 CHECKED_SOURCES = {
@@ -27,6 +39,12 @@ CHECKED_SOURCES = {
     # before the response starts
     "uvicorn.protocols.http.httptools_impl.RequestResponseCycle.send":
         "abdd8601b326a8da972436918d3a954e1ef39c6bf0cd9e1c1954c2e798d0bb9c",
+    # the whole class: `queue` is used only through put_nowait, get and empty, `writable` through
+    # set, clear, wait and is_set (and direct_write.py); `request` and `response` are set in
+    # handle_connect and read only by send, before it calls start_keepalive (once, when the
+    # handshake's answer has been written)
+    "uvicorn.protocols.websockets.websockets_sansio_impl.WebSocketsSansIOProtocol":
+        "3a21a05ae539403630c0016bfef6cb160a87ffb176465cb521412cfe2208ccde",
 }
 
 CONTINUE = b"HTTP/1.1 100 "
@@ -73,3 +91,20 @@ class OneWriteHttpProtocol(HttpToolsProtocol):
         # answer to HEAD has no body write to join (uvicorn writes its header block alone)
         if self.cycle is not None and self.cycle is not before and self.scope["method"] != "HEAD":
             self.cycle.transport = HeldHeaderTransport(self.transport)
+
+
+class LeanWebSocketProtocol(WebSocketsSansIOProtocol):
+    """uvicorn's sans-I/O WebSocket protocol, holding less per connection (see the module)."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.queue = LeanQueue()
+        self.writable = LeanEvent()
+        self.writable.set()
+
+    def start_keepalive(self) -> None:
+        # called once, right after the handshake's answer was written: the request and the
+        # response are not read again
+        self.request.headers.clear()
+        self.request = self.response = None
+        super().start_keepalive()

@@ -48,7 +48,7 @@ from server.realtime.direct_write import DirectEmitManager, RedisManager, instal
 from server.realtime.emitter import ADMINS_ROOM, dashboard_room, job_room, stats_room, user_room
 from server.realtime.fanout import Fanout, SocketState, encode_event
 from server.realtime.live_stats import LiveStats
-from server.realtime.socketio_compat import close_redis_manager, install_fast_writer
+from server.realtime.socketio_compat import close_redis_manager, install_fast_writer, install_lean_sockets
 from server.stats.live import job_stats
 from server.timeutil import now_ms, parse_iso
 
@@ -466,4 +466,5 @@ def create_socketio_server(settings: Settings) -> socketio.AsyncServer:
     )
     install_fast_writer()  # Engine.IO's per-socket writer without a Task per packet
     install_direct_writes(server.eio)  # job events framed once and written to each WebSocket
+    install_lean_sockets(server.eio)  # less memory per connection
     return server
