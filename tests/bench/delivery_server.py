@@ -90,6 +90,10 @@ class Emitter:
                 while sent < due:
                     await self.emit_one(mode, sent, users)
                     sent += 1
+                    # let the consumer send it before the next is stamped: Node's emit writes each
+                    # event before its loop stamps the next, and a burst stamped all at once would
+                    # count the writes of the ones before it as each event's delay
+                    await asyncio.sleep(0)
                 if now >= end:
                     return
                 await asyncio.sleep(0.002)
