@@ -26,10 +26,15 @@ Several nodes, to see whether the Redis bus multiplies the work (every node read
     .venv/bin/python tests/bench/bench_fanout.py --backend postgres --clients 1000 --seconds 8 --redis
 
 `--redis`: the server(s) publish their events through the local Redis (a fresh channel prefix per
-run). `--nodes 2` (PostgreSQL and Redis): two server processes share the database; the jobs are
-created half on each (each node runs at most half of them: JOBMON_JOB_CONCURRENCY), and the
-clients are dealt to the nodes as a load balancer that knows nothing of users would: every user
-has clients, and jobs, on both. For each node it prints deliveries/s, the delays, the events out of
+run). `--nodes 2` (PostgreSQL and Redis): two server processes share the database. As when a node
+is added because the load grew, each node carries the load the one node carried (`--load
+per-node`, the default): twice the clients, users and jobs, dealt to the nodes as a load balancer
+that knows nothing of users would, so every user has clients, and jobs, on both (each node runs at
+most half of the jobs: JOBMON_JOB_CONCURRENCY). Each node then delivers as much as the one node did
+and reads the other node's events from the bus besides: the work the bus adds, and nothing else,
+is in the comparison. `--load total` splits the one node's load between the two instead; that
+comparison also holds the job runner's cost per batch, which is higher at a lighter load (its
+database work is grouped less). For each node it prints deliveries/s, the delays, the events out of
 order or repeated, and its CPU seconds per 1,000 deliveries: CPU from /proc/PID/stat over the
 window, over the deliveries that the clients connected to that node received in it. Before the two
 nodes, the same load runs on one node (`--baseline`: with Redis, the fair comparison, and without),
@@ -276,6 +281,9 @@ def main() -> None:
                         help="server processes; 2 share the PostgreSQL database and Redis (--backend postgres)")
     parser.add_argument("--redis", action="store_true", help="one node publishing its events through Redis")
     parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/0")
+    parser.add_argument("--load", choices=("per-node", "total"), default="per-node",
+                        help="with --nodes 2: each node carries the one node's clients, users and jobs "
+                             "(per-node), or the two share them (total)")
     parser.add_argument("--baseline", choices=("both", "redis", "plain", "none"), default="both",
                         help="with --nodes 2: the one-node runs first measured for the comparison "
                              "(with Redis, without, both, or none)")
@@ -296,9 +304,12 @@ def main() -> None:
             print(f"one node, {'with' if kind == 'redis' else 'without'} Redis:", flush=True)
             baselines[kind] = run_once(n, args, redis=kind == "redis", per_node=True)
             report(n, baselines[kind])
-        print(f"{args.nodes} nodes with Redis:", flush=True)
-        result = run_once(n, args, nodes=args.nodes, redis=True)
-        report(n, result)
+        scale = args.nodes if args.load == "per-node" else 1
+        scaled = argparse.Namespace(**{**vars(args), "users": args.users * scale, "jobs": args.jobs * scale})
+        print(f"{args.nodes} nodes with Redis, {n * scale} clients, {scaled.users} users, {scaled.jobs} jobs:",
+              flush=True)
+        result = run_once(n * scale, scaled, nodes=args.nodes, redis=True)
+        report(n * scale, result)
         for kind, label in (("redis", "one node with Redis"), ("plain", "one node without Redis")):
             if kind in baselines:
                 print_comparison(result, baselines[kind], label)
