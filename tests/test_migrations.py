@@ -33,6 +33,17 @@ async def _build_v1(db) -> None:
             f"(1, {event_id}, '00000000-0000-4000-8000-000000000001', '{kind}', '{{}}', {event_id})")
 
 
+def _upgrade_from(url: str, downgrade) -> int:
+    """A database made at version 1 and upgraded, then taken back by `downgrade` to an older
+    version's shape, upgraded again: the version the upgrade started from."""
+    from server.db import migrate
+
+    on_database(url, _build_v1, migrated=True)
+    on_database(url, migrate, migrated=True)
+    on_database(url, downgrade, migrated=True)
+    return on_database(url, migrate, migrated=True)
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_a_version_1_database_is_upgraded_and_keeps_every_row(backend, tmp_path):
     from server.db import SCHEMA_VERSION, migrate
@@ -75,10 +86,7 @@ def test_a_version_2_database_gets_the_pipeline_counters_and_failure_reasons(bac
 
     url, handle = database_url(backend, tmp_path)
     try:
-        on_database(url, _build_v1, migrated=True)
-        on_database(url, migrate, migrated=True)
-        on_database(url, _to_v2, migrated=True)
-        assert on_database(url, migrate, migrated=True) == 2
+        assert _upgrade_from(url, _to_v2) == 2
         assert db_rows(url, "SELECT version FROM schema_version") == [(SCHEMA_VERSION,)]
         assert db_rows(url, "SELECT id, failure_reason FROM deployments") == [
             ("00000000-0000-4000-8000-000000000002", None)]
@@ -113,10 +121,7 @@ def test_a_version_3_database_gets_the_node_reports_table(backend, tmp_path):
 
     url, handle = database_url(backend, tmp_path)
     try:
-        on_database(url, _build_v1, migrated=True)
-        on_database(url, migrate, migrated=True)
-        on_database(url, _to_v3, migrated=True)
-        assert on_database(url, migrate, migrated=True) == 3
+        assert _upgrade_from(url, _to_v3) == 3
         assert db_rows(url, "SELECT version FROM schema_version") == [(SCHEMA_VERSION,)]
         assert db_rows(url, "SELECT user_id, name, n FROM pipeline_counts") == [(1, "active", 4)]
         assert db_rows(url, "SELECT username FROM users") == [("old-user",)]
