@@ -66,22 +66,30 @@ class BusCatchUp:
             await asyncio.gather(self._task, return_exceptions=True)
             self._task = None
 
-    async def watch(self, state: SocketState) -> None:
-        """A socket joined this node: fix where its user's events (an admin's first: everyone's)
-        are caught up from, if this node has delivered none of them yet."""
+    async def read_baseline(self, state: SocketState) -> tuple[dict[int, int], bool] | None:
+        """A socket is joining this node: its user's event counters, or everyone's for the first
+        admin (and whether they are everyone's), read before it joins; None when there is nothing to
+        watch or the read failed."""
         if not self.enabled:
-            return
-        fanout = self.fanout
-        first_admin = state.principal.is_admin and not (fanout.admins - {state.sid})
-        user_id = state.principal.user_id
+            return None
+        all_users = state.principal.is_admin and not (self.fanout.admins - {state.sid})
         try:
-            counters = await self.events.counters(None if first_admin else [user_id])
+            counters = await self.events.counters(None if all_users else [state.principal.user_id])
         except Exception:
             # the first sweep takes its reading as the baseline instead
             logger.exception("reading the event counters for a new socket failed")
-            return
-        counters.setdefault(user_id, 0)
-        fanout.set_baseline(counters, sid=state.sid, all_users=first_admin)
+            return None
+        counters.setdefault(state.principal.user_id, 0)
+        return counters, all_users
+
+    def watch(self, state: SocketState, baseline: tuple[dict[int, int], bool] | None) -> None:
+        """The socket joined: where its user's events (an admin's first: everyone's) are caught up
+        from, if this node has delivered none of them yet. An event committed after the counters
+        were read and before the socket joined is the past to it, as to a client that connects a
+        moment later: it fetches it, or `resume`s it."""
+        if baseline is not None:
+            counters, all_users = baseline
+            self.fanout.set_baseline(counters, sid=state.sid, all_users=all_users)
 
     async def _run(self) -> None:
         delay, retry_everything = self.interval, False

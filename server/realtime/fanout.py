@@ -14,7 +14,7 @@ The bus keeps nothing: what is published while a node's subscription is down nev
 `catchup.BusCatchUp` then reads the users' counters and hands the consumer a catch-up request; the
 consumer fills each user up to it from the database, between live events, so the order and the
 once-only delivery hold for both. Where a node starts from for a user it has delivered nothing of
-yet (its baseline) is read when a socket connects (see `set_baseline`).
+yet (its baseline) is read when a socket connects, before it joins (see `set_baseline`).
 """
 
 from __future__ import annotations
@@ -285,7 +285,7 @@ class Fanout:
         return None if self.admins else set(self.by_user)
 
     def set_baseline(self, counters: dict[int, int], *, sid: str, all_users: bool) -> None:
-        """Socket `sid` connected and these counters were read since: where catching up starts from
+        """Socket `sid` joined, with these counters read just before: where catching up starts from
         for users this node has delivered nothing of. A user no other socket here waits on (no admin,
         no other socket of theirs) starts from their counter: events before it are the past, which
         the new client fetched or will `resume`."""

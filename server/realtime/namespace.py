@@ -162,7 +162,7 @@ class Realtime:
             raise refuse("Your session has expired or was ended; log in again", {"code": "session_expired"})
         raise refuse("Log in first, or connect with auth: {token: <API token>}", {"code": "unauthorized"})
 
-    async def on_connect(self, sid: str, environ: dict, auth: Any = None) -> None:
+    async def on_connect(self, sid: str, environ: dict, auth: Any = None) -> bool | None:
         try:
             principal = await self._authenticate(environ, auth)
         except DatabaseOutage as outage:  # the client's reconnection tries again
@@ -172,15 +172,24 @@ class Realtime:
         except socketio.exceptions.ConnectionRefusedError:
             self.metrics.socket_connected(accepted=False)
             raise
-        self.metrics.socket_connected(accepted=True)
         eio_sid = self.sio.manager.eio_sid_from_sid(sid, "/")
         state = SocketState(sid, eio_sid, principal, allowance=BURST,
                             checked_at=asyncio.get_running_loop().time())
-        await self.sio.save_session(sid, {"principal": principal})
+        # The last wait is before the socket joins its rooms and the Fanout: its CONNECT packet,
+        # sent when this handler returns, must be the first thing it gets (a job-stats or a
+        # job-update sent to it while the handler waited would go out ahead of it).
+        baseline = await self.catchup.read_baseline(state)
+        socket = self.sio.eio.sockets.get(eio_sid)
+        if socket is None or socket.closing or socket.closed:
+            # it left while the handler waited: python-socketio calls no disconnect handler for a
+            # socket still connecting, so refusing it is what forgets it
+            return False
+        self.metrics.socket_connected(accepted=True)
+        await self.sio.save_session(sid, {"principal": principal})  # these awaits never wait
         await self.sio.enter_room(sid, user_room(principal.user_id))
         await self.sio.enter_room(sid, ADMINS_ROOM if principal.is_admin else stats_room(principal.user_id))
         self.fanout.add(state)
-        await self.catchup.watch(state)
+        self.catchup.watch(state, baseline)
 
     async def on_disconnect(self, sid: str, *args: Any) -> None:
         if self.fanout.remove(sid) is not None:  # a refused connection never joined
