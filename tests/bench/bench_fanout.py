@@ -199,7 +199,8 @@ def run_once(n: int, args, nodes: int = 1, redis: bool = False, per_node: bool =
                 "kb_per_idle_connection": round((rss_idle[i] - rss_before[i]) / max(clients, 1), 1),
             })
         result = {
-            "clients": n, "connected": connected, "refused": refused, "server_sockets": int(sockets),
+            "clients": n, "connected": connected, "refused": refused, "first_refusal": (fleet.refusals or [None])[0],
+            "server_sockets": int(sockets),
             "connect_seconds": round(connect_seconds, 1), "users": args.users,
             "kb_per_idle_connection": round((sum(rss_idle) - sum(rss_before)) / max(connected, 1), 1),
             "server_rss_mb_idle": round(rss_idle[0] / 1024, 1),

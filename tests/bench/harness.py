@@ -98,6 +98,7 @@ async def _clients(conn, urls: list[str], auths: list[dict], connect_concurrency
     counters_by = {url: {"received": 0, "in_window": 0, "out_of_order": 0, "refused": 0, "closed_by_server": 0}
                    for url in urls}
     last_ids: list[int] = []  # per client: the last event id seen in this window
+    refusals: list[str] = []  # why connections failed (the first few)
     settled = asyncio.Event()
     pending = [len(auths)]
 
@@ -121,8 +122,10 @@ async def _clients(conn, urls: list[str], auths: list[dict], connect_concurrency
                 if not answer.startswith("40"):
                     await ws.close()
                     raise RuntimeError(answer)
-        except Exception:
+        except Exception as exc:
             counters["refused"] += 1
+            if len(refusals) < 3:
+                refusals.append(f"{url}: {exc!r}"[:300])
             connect_step_done()
             return
         connect_step_done()
@@ -158,7 +161,7 @@ async def _clients(conn, urls: list[str], auths: list[dict], connect_concurrency
         gc.collect()
         gc.freeze()
         conn.send(("connected", {url: (urls.count(url) - counters["refused"], counters["refused"])
-                                 for url, counters in counters_by.items()}))
+                                 for url, counters in counters_by.items()}, refusals))
         while True:
             # ("window", start_ms, end_ms, renumbered) or ("stop",)
             command = await loop.run_in_executor(None, conn.recv)
@@ -236,8 +239,10 @@ class ClientFleet:
             self.children.append((process, parent_end))
         self.connected = self.refused = 0
         self.connected_by_url = dict.fromkeys(urls, 0)
+        self.refusals: list[str] = []  # the first reasons a connection failed, from each process
         for _, pipe in self.children:
-            _, by_url = pipe.recv()
+            _, by_url, refusals = pipe.recv()
+            self.refusals += refusals
             for part_url, (ok, bad) in by_url.items():
                 self.connected, self.refused = self.connected + ok, self.refused + bad
                 self.connected_by_url[part_url] += ok
