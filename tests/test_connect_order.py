@@ -108,7 +108,7 @@ def test_the_connect_packet_goes_out_before_what_was_sent_while_the_socket_was_j
 
 
 def test_a_socket_that_leaves_while_its_connect_waits_is_not_kept(node):
-    url, sio, fanout, counters, realtime, run = node
+    url, _sio, fanout, counters, _realtime, run = node
     with connect(url, compression=None, max_size=None, ping_interval=None) as ws:
         assert ws.recv(timeout=10).startswith("0")
         ws.send("40" + orjson.dumps({"user": 7}).decode())
