@@ -14,14 +14,12 @@ import socketio
 from starlette.applications import Starlette
 from websockets.sync.client import connect
 
-from server.accounts.store import Principal, Scope
+from bench.delivery_server import unauthenticated_realtime
 from server.config import Settings
-from server.metrics import Metrics
 from server.realtime.catchup import BusCatchUp
-from server.realtime.dashboard_push import DashboardPush
 from server.realtime.emitter import stats_room
 from server.realtime.fanout import Fanout
-from server.realtime.namespace import Realtime, create_socketio_server
+from server.realtime.namespace import create_socketio_server
 from support import ThreadedServer
 
 
@@ -40,24 +38,15 @@ class HeldCounters:
         return {user_id: 0 for user_id in user_ids or ()}
 
 
-class TokenlessRealtime(Realtime):
-    """The real connect handler; the handshake's `auth.user` is taken at its word."""
-
-    async def _authenticate(self, environ, auth) -> Principal:
-        user = int(auth["user"])
-        return Principal(user_id=user, username=f"user{user}", role="user", scope=Scope.WRITE, via="token")
-
-
 @pytest.fixture
 def node():
     settings = Settings()
     sio = create_socketio_server(settings)
     counters = HeldCounters()
     fanout = Fanout(sio, events=None)
-    realtime = TokenlessRealtime(
-        sio, settings, auth=None, accounts=None, jobs=None, events=None, fanout=fanout, alerts=None,
-        live_stats=None, scope=None, dashboard=DashboardPush(None, None, multi_node=False), metrics=Metrics(),
-        catchup=BusCatchUp(fanout, counters, None, None, interval=0, enabled=True))  # as with Redis
+    # the real connect handler (the handshake's `auth.user` taken at its word), catching up as with Redis
+    realtime = unauthenticated_realtime(sio, settings, fanout, BusCatchUp(fanout, counters, None, None, interval=0,
+                                                                           enabled=True))
 
     @contextlib.asynccontextmanager
     async def lifespan(app):

@@ -55,6 +55,15 @@ class UnauthenticatedRealtime(Realtime):
         return Principal(user_id=user, username=f"user{user}", role="user", scope=Scope.WRITE, via="token")
 
 
+def unauthenticated_realtime(sio: socketio.AsyncServer, settings: Settings, fanout: Fanout,
+                             catchup: BusCatchUp) -> Realtime:
+    """The Realtime handlers over these parts alone: no database, accounts, jobs or alerts behind them."""
+    return UnauthenticatedRealtime(
+        sio, settings, auth=None, accounts=None, jobs=None, events=None, fanout=fanout, alerts=None,
+        live_stats=None, scope=None, dashboard=DashboardPush(None, None, multi_node=False), metrics=Metrics(),
+        catchup=catchup)
+
+
 class Emitter:
     """Makes up job events and hands them to the Fanout, like the job store after its commits."""
 
@@ -113,10 +122,9 @@ def create_app(job: dict):
     settings = Settings()
     sio = create_socketio_server(settings)
     fanout = Fanout(sio, events=None)  # no database: the emitted ids leave no gap to fill
-    realtime = UnauthenticatedRealtime(
-        sio, settings, auth=None, accounts=None, jobs=None, events=None, fanout=fanout, alerts=None,
-        live_stats=None, scope=None, dashboard=DashboardPush(None, None, multi_node=False), metrics=Metrics(),
-        catchup=BusCatchUp(fanout, None, None, None, interval=0, enabled=False))  # one node: no bus to catch up on
+    # one node: no bus to catch up on
+    realtime = unauthenticated_realtime(sio, settings, fanout, BusCatchUp(fanout, None, None, None, interval=0,
+                                                                           enabled=False))
     emitter = Emitter(fanout, job)
 
     async def ready(request: Request) -> PlainTextResponse:
